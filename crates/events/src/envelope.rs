@@ -96,8 +96,14 @@ mod tests {
             );
         }
         let empty_id = br#"{"id":"","type":"a","created":1,"livemode":false}"#;
-        assert!(matches!(EventEnvelope::parse(empty_id), Err(EnvelopeError::Empty("id"))));
-        let long_type = format!(r#"{{"id":"evt","type":"{}","created":1,"livemode":false}}"#, "a".repeat(256));
+        assert!(matches!(
+            EventEnvelope::parse(empty_id),
+            Err(EnvelopeError::Empty("id"))
+        ));
+        let long_type = format!(
+            r#"{{"id":"evt","type":"{}","created":1,"livemode":false}}"#,
+            "a".repeat(256)
+        );
         assert!(matches!(
             EventEnvelope::parse(long_type.as_bytes()),
             Err(EnvelopeError::Invalid("type"))

@@ -176,7 +176,8 @@ impl<'a> ParsedHeader<'a> {
                     if timestamp.is_some() || !is_digits {
                         return Err(SignatureError::MalformedHeader);
                     }
-                    let seconds: i64 = value.parse().map_err(|_| SignatureError::MalformedHeader)?;
+                    let seconds: i64 =
+                        value.parse().map_err(|_| SignatureError::MalformedHeader)?;
                     timestamp = Some((seconds, value));
                 }
                 "v1" => {
@@ -259,11 +260,20 @@ mod tests {
         let good = v1("whsec_new", NOW, BODY);
         let other = v1("whsec_unrelated", NOW, BODY);
         let s = secrets("whsec_old, whsec_new");
-        assert_eq!(s.verify(&format!("t={NOW},v1={good},v1={other}"), BODY, NOW, 300), Ok(()));
-        assert_eq!(s.verify(&format!("t={NOW},v1={other},v1={good}"), BODY, NOW, 300), Ok(()));
+        assert_eq!(
+            s.verify(&format!("t={NOW},v1={good},v1={other}"), BODY, NOW, 300),
+            Ok(())
+        );
+        assert_eq!(
+            s.verify(&format!("t={NOW},v1={other},v1={good}"), BODY, NOW, 300),
+            Ok(())
+        );
         // The matching secret may also be the first configured one.
         let s = secrets("whsec_new,whsec_old");
-        assert_eq!(s.verify(&format!("t={NOW},v1={other},v1={good}"), BODY, NOW, 300), Ok(()));
+        assert_eq!(
+            s.verify(&format!("t={NOW},v1={other},v1={good}"), BODY, NOW, 300),
+            Ok(())
+        );
     }
 
     #[test]
@@ -299,14 +309,29 @@ mod tests {
     fn stale_and_boundary_timestamps() {
         let s = secrets("whsec_a");
         let at = |t: i64| format!("t={t},v1={}", v1("whsec_a", t, BODY));
-        assert_eq!(s.verify(&at(NOW - 300), BODY, NOW, 300), Ok(()), "exactly at the tolerance");
-        assert_eq!(s.verify(&at(NOW - 301), BODY, NOW, 300), Err(SignatureError::TimestampTooOld));
-        assert_eq!(s.verify(&at(NOW + 300), BODY, NOW, 300), Ok(()), "skew within tolerance");
+        assert_eq!(
+            s.verify(&at(NOW - 300), BODY, NOW, 300),
+            Ok(()),
+            "exactly at the tolerance"
+        );
+        assert_eq!(
+            s.verify(&at(NOW - 301), BODY, NOW, 300),
+            Err(SignatureError::TimestampTooOld)
+        );
+        assert_eq!(
+            s.verify(&at(NOW + 300), BODY, NOW, 300),
+            Ok(()),
+            "skew within tolerance"
+        );
         assert_eq!(
             s.verify(&at(NOW + 301), BODY, NOW, 300),
             Err(SignatureError::TimestampInFuture)
         );
-        assert_eq!(s.verify(&at(NOW - 3600), BODY, NOW, 7200), Ok(()), "configurable tolerance");
+        assert_eq!(
+            s.verify(&at(NOW - 3600), BODY, NOW, 7200),
+            Ok(()),
+            "configurable tolerance"
+        );
     }
 
     #[test]
@@ -345,16 +370,30 @@ mod tests {
             Err(SignatureError::NoV1Signature)
         );
         // Upper-case hex decodes to the same bytes; Stripe sends lower case but accepting is harmless.
-        assert_eq!(s.verify(&format!("t={NOW},v1={}", sig.to_uppercase()), BODY, NOW, 300), Ok(()));
+        assert_eq!(
+            s.verify(
+                &format!("t={NOW},v1={}", sig.to_uppercase()),
+                BODY,
+                NOW,
+                300
+            ),
+            Ok(())
+        );
         // v0 beside a good v1 is ignored.
-        assert_eq!(s.verify(&format!("t={NOW},v0=deadbeef,v1={sig}"), BODY, NOW, 300), Ok(()));
+        assert_eq!(
+            s.verify(&format!("t={NOW},v0=deadbeef,v1={sig}"), BODY, NOW, 300),
+            Ok(())
+        );
     }
 
     #[test]
     fn secrets_list_parsing() {
         assert_eq!(secrets(" whsec_a , whsec_b ").len(), 2);
         assert_eq!(WebhookSecrets::parse("").unwrap_err(), SecretsError::Empty);
-        assert_eq!(WebhookSecrets::parse("whsec_a,,whsec_b").unwrap_err(), SecretsError::EmptyEntry(2));
+        assert_eq!(
+            WebhookSecrets::parse("whsec_a,,whsec_b").unwrap_err(),
+            SecretsError::EmptyEntry(2)
+        );
     }
 
     #[test]

@@ -1,0 +1,197 @@
+//! `POST /webhook`: verify, parse the envelope, publish with confirm, answer.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use opentelemetry::trace::TraceContextExt;
+use serde_json::json;
+use tollgate_broker::Publisher;
+use tollgate_broker::lapin::BasicProperties;
+use tollgate_broker::lapin::types::{AMQPValue, FieldTable, LongString};
+use tollgate_events::topology::{self, headers};
+use tollgate_events::{EventEnvelope, WebhookSecrets};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::MAX_BODY_BYTES;
+use crate::error::WebhookError;
+
+pub struct IngestState {
+    pub secrets: WebhookSecrets,
+    pub tolerance_secs: u64,
+    pub livemode: bool,
+    pub publisher: Publisher,
+}
+
+pub async fn receive_webhook(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> Result<HttpResponse, WebhookError> {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "webhook",
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty
+    );
+    let result = handle(&request, payload, &state, &span)
+        .instrument(span.clone())
+        .await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(e) => e.code(),
+    };
+    metrics::counter!("tollgate_ingest_webhooks_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("tollgate_ingest_request_duration_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    let _entered = span.enter();
+    match &result {
+        Ok(_) => tracing::debug!("event accepted"),
+        Err(WebhookError::Signature(e)) => {
+            metrics::counter!("tollgate_ingest_signature_failures_total", "reason" => e.reason())
+                .increment(1);
+            tracing::warn!(reason = e.reason(), "webhook signature refused");
+        }
+        Err(WebhookError::Unavailable(e)) => {
+            tracing::error!(error = %e, "event not published; answering 503")
+        }
+        Err(e) => tracing::warn!(code = e.code(), error = %e, "webhook refused"),
+    }
+    result
+}
+
+async fn handle(
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &IngestState,
+    span: &tracing::Span,
+) -> Result<HttpResponse, WebhookError> {
+    let body = read_body(request, payload).await?;
+
+    // Authenticate before parsing anything the sender controls.
+    let header = request
+        .headers()
+        .get("Stripe-Signature")
+        .ok_or(tollgate_events::SignatureError::MissingHeader)?
+        .to_str()
+        .map_err(|_| tollgate_events::SignatureError::MalformedHeader)?;
+    let now = unix_now();
+    state
+        .secrets
+        .verify(header, &body, now, state.tolerance_secs)?;
+
+    let envelope = EventEnvelope::parse(&body)?;
+    span.record("event_id", envelope.id.as_str());
+    span.record("event_type", envelope.event_type.as_str());
+    if envelope.livemode != state.livemode {
+        return Err(WebhookError::LivemodeMismatch {
+            event: envelope.livemode,
+            configured: state.livemode,
+        });
+    }
+
+    let properties = message_properties(&envelope, now, traceparent(span));
+    state
+        .publisher
+        .publish(
+            topology::EVENTS_EXCHANGE,
+            &envelope.event_type,
+            &body,
+            properties,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "received": true })))
+}
+
+/// Reads the raw body, refusing more than `MAX_BODY_BYTES` without buffering it.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::Bytes, WebhookError> {
+    let too_large = WebhookError::TooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(too_large);
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| WebhookError::Body(e.to_string()))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn message_properties(envelope: &EventEnvelope, now: i64, traceparent: String) -> BasicProperties {
+    let mut message_headers = FieldTable::default();
+    message_headers.insert(
+        headers::API_VERSION.into(),
+        envelope
+            .api_version
+            .as_deref()
+            .map_or(AMQPValue::Void, |v| {
+                AMQPValue::LongString(LongString::from(v))
+            }),
+    );
+    message_headers.insert(
+        headers::LIVEMODE.into(),
+        AMQPValue::Boolean(envelope.livemode),
+    );
+    message_headers.insert(
+        headers::CREATED.into(),
+        AMQPValue::LongLongInt(envelope.created),
+    );
+    message_headers.insert(
+        headers::TRACEPARENT.into(),
+        AMQPValue::LongString(LongString::from(traceparent)),
+    );
+    if let Some(account) = &envelope.account {
+        message_headers.insert(
+            headers::ACCOUNT.into(),
+            AMQPValue::LongString(LongString::from(account.as_str())),
+        );
+    }
+    BasicProperties::default()
+        .with_message_id(envelope.id.as_str().into())
+        .with_type(envelope.event_type.as_str().into())
+        .with_timestamp(u64::try_from(now).unwrap_or(0))
+        .with_content_type(topology::CONTENT_TYPE_JSON.into())
+        .with_delivery_mode(topology::PERSISTENT)
+        .with_app_id("tollgate-ingest".into())
+        .with_headers(message_headers)
+}
+
+/// W3C `traceparent` of this request's span, so billing's work joins the same trace.
+/// Without a tracing pipeline (e.g. in-process tests) a fresh random trace is used.
+fn traceparent(span: &tracing::Span) -> String {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
+    } else {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+        format!("00-{random}-{span_id}-01")
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

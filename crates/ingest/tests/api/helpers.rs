@@ -1,0 +1,191 @@
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use tollgate_events::topology::EVENTS_EXCHANGE;
+use tollgate_ingest::{Application, Config};
+use tollgate_runtime::Env;
+use tollgate_test_support::{TcpProxy, TestVhost, signed_headers};
+
+pub const SECRET: &str = "whsec_test_primary";
+pub const INVOICE_PAID: &str = "complete/invoice.paid.stripe-sync-engine.json";
+
+pub struct TestApp {
+    pub address: String,
+    pub vhost: TestVhost,
+    pub client: reqwest::Client,
+    pub handle: actix_web::dev::ServerHandle,
+    /// Present when the app reaches the broker through a cuttable proxy.
+    pub proxy: Option<TcpProxy>,
+}
+
+pub struct Options {
+    pub secrets: String,
+    pub via_proxy: bool,
+    pub livemode: bool,
+    pub confirm_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            secrets: SECRET.into(),
+            via_proxy: false,
+            livemode: false,
+            confirm_timeout_ms: 5000,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let vhost = TestVhost::create();
+    let proxy = if options.via_proxy {
+        Some(TcpProxy::start("127.0.0.1:5672").await)
+    } else {
+        None
+    };
+    let amqp_url = match &proxy {
+        Some(proxy) => vhost.amqp_url_via(&proxy.addr()),
+        None => vhost.amqp_url(),
+    };
+    let livemode = options.livemode.to_string();
+    let confirm_timeout = options.confirm_timeout_ms.to_string();
+    let env = Env::from_pairs([
+        ("INGEST_ADDR", "127.0.0.1:0"),
+        ("AMQP_URL", amqp_url.as_str()),
+        ("STRIPE_WEBHOOK_SECRET", options.secrets.as_str()),
+        ("STRIPE_LIVEMODE", livemode.as_str()),
+        ("AMQP_CONFIRM_TIMEOUT_MS", confirm_timeout.as_str()),
+        ("INGEST_WORKERS", "1"),
+        ("SHUTDOWN_TIMEOUT_SECS", "5"),
+    ]);
+    let app = Application::build(Config::from_env(&env).expect("valid test config"))
+        .expect("ingest starts");
+    assert!(
+        app.publisher().wait_ready(Duration::from_secs(20)).await,
+        "ingest connected to the broker"
+    );
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        vhost,
+        client: reqwest::Client::new(),
+        handle,
+        proxy,
+    }
+}
+
+impl TestApp {
+    pub async fn post_webhook(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
+        self.post_to("/webhook", body, signature).await
+    }
+
+    pub async fn post_to(
+        &self,
+        path: &str,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .header("Content-Type", "application/json; charset=utf-8")
+            .body(body.to_vec());
+        if let Some(signature) = signature {
+            request = request.header("Stripe-Signature", signature);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn post_signed(&self, body: &[u8]) -> reqwest::Response {
+        self.post_webhook(body, Some(&signed_headers(SECRET, body)))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A connection straight to the broker (never through the proxy).
+    pub async fn broker(&self) -> Connection {
+        Connection::connect(&self.vhost.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("test connects to its vhost")
+    }
+
+    /// A fresh exclusive queue bound to the events exchange for every routing key,
+    /// consumed by the test. Declared before events are sent.
+    pub async fn tap(&self, connection: &Connection) -> (Channel, Consumer) {
+        let channel = connection.create_channel().await.expect("channel");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                EVENTS_EXCHANGE.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap binding");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap consumer");
+        (channel, consumer)
+    }
+}
+
+/// Next message on the tap, acknowledged; panics after 10 s.
+pub async fn next_delivery(consumer: &mut Consumer) -> lapin::message::Delivery {
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a message arrives within 10 s")
+        .expect("consumer open")
+        .expect("delivery ok");
+    delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+    delivery
+}
+
+/// Polls `path` until it answers `status`, for up to 15 s.
+pub async fn wait_for_status(app: &TestApp, path: &str, status: u16) {
+    for _ in 0..150 {
+        if app.get(path).await.status().as_u16() == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never answered {status}");
+}

@@ -1,0 +1,7 @@
+//! Ingest end to end: the real HTTP server, a real RabbitMQ (a vhost per test).
+
+mod helpers;
+
+mod broker_outage;
+mod rejects;
+mod webhook;
