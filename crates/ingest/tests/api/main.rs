@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod binary;
 mod broker_outage;
 mod rejects;
 mod webhook;
