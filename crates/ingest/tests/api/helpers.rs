@@ -125,43 +125,48 @@ impl TestApp {
             .expect("test connects to its vhost")
     }
 
-    /// A fresh exclusive queue bound to the events exchange for every routing key,
-    /// consumed by the test. Declared before events are sent.
+    /// See [`tap`].
     pub async fn tap(&self, connection: &Connection) -> (Channel, Consumer) {
-        let channel = connection.create_channel().await.expect("channel");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("tap queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                EVENTS_EXCHANGE.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("tap binding");
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "tap".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("tap consumer");
-        (channel, consumer)
+        tap(connection).await
     }
+}
+
+/// A fresh exclusive queue bound to the events exchange for every routing key,
+/// consumed by the test. Declared before events are sent.
+pub async fn tap(connection: &Connection) -> (Channel, Consumer) {
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("tap queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            EVENTS_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("tap binding");
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "tap".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("tap consumer");
+    (channel, consumer)
 }
 
 /// Next message on the tap, acknowledged; panics after 10 s.
@@ -188,4 +193,103 @@ pub async fn wait_for_status(app: &TestApp, path: &str, status: u16) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{path} never answered {status}");
+}
+
+/// The real `ingest` executable as a child process (JSON logs captured).
+pub struct TestAppBinary {
+    pub base: String,
+    pub vhost: TestVhost,
+    pub child: tokio::process::Child,
+    pub stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Every log line read so far.
+    pub lines: Vec<String>,
+    pub client: reqwest::Client,
+}
+
+impl TestAppBinary {
+    /// Starts `ingest` with a clean environment plus `extra`, waits until ready.
+    pub async fn spawn(extra: &[(&str, String)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let vhost = TestVhost::create();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingest"));
+        command
+            .env_clear()
+            .env("AMQP_URL", vhost.amqp_url())
+            .env("STRIPE_WEBHOOK_SECRET", SECRET)
+            .env("INGEST_ADDR", "127.0.0.1:0")
+            .env("INGEST_WORKERS", "1")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("ingest binary starts");
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = Vec::new();
+        // The "listening" line tells the port picked for 127.0.0.1:0.
+        let port = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+                .await
+                .expect("ingest logs within 20 s")
+                .unwrap()
+                .expect("ingest still running");
+            let json: serde_json::Value =
+                serde_json::from_str(&line).expect("every log line is JSON");
+            lines.push(line);
+            if json["message"] == "ingest listening" {
+                break json["port"].as_u64().unwrap();
+            }
+        };
+        let app = Self {
+            base: format!("http://127.0.0.1:{port}"),
+            vhost,
+            child,
+            stdout,
+            lines,
+            client: reqwest::Client::new(),
+        };
+        for _ in 0..200 {
+            let ready = app.client.get(format!("{}/readyz", app.base)).send().await;
+            if ready.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+                return app;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("ingest binary never became ready");
+    }
+
+    pub async fn post(&self, body: &[u8], signature: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/webhook", self.base))
+            .header("Stripe-Signature", signature)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn broker(&self) -> Connection {
+        Connection::connect(&self.vhost.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("test connects to its vhost")
+    }
+
+    /// SIGTERM, then waits (20 s at most) for a clean exit and the remaining logs.
+    pub async fn terminate(&mut self) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exits within 20 s of SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "clean exit: {exit:?}");
+        while let Some(line) = self.stdout.next_line().await.unwrap() {
+            self.lines.push(line);
+        }
+    }
 }

@@ -5,4 +5,5 @@ mod helpers;
 mod binary;
 mod broker_outage;
 mod rejects;
+mod trace_export;
 mod webhook;
