@@ -93,5 +93,30 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), lapin::Error> {
             FieldTable::default(),
         )
         .await?;
+
+    for (queue, delay_ms) in BILLING_RETRY_QUEUES {
+        let mut retry = quorum_queue_arguments();
+        retry.insert("x-message-ttl".into(), AMQPValue::LongUInt(*delay_ms));
+        // Back through the default exchange, straight onto the billing queue.
+        retry.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from("")),
+        );
+        retry.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(BILLING_QUEUE)),
+        );
+        retry.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString(LongString::from("at-least-once")),
+        );
+        retry.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString(LongString::from("reject-publish")),
+        );
+        channel
+            .queue_declare((*queue).into(), durable_queue, retry)
+            .await?;
+    }
     Ok(())
 }

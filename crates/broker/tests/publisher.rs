@@ -21,7 +21,9 @@ fn config(url: String) -> PublisherConfig {
 
 /// A direct connection for the test's own checks; keep the connection alive while using the channel.
 async fn admin_channel(vhost: &TestVhost) -> (lapin::Connection, Channel) {
-    let connection = tollgate_broker::connect(&vhost.amqp_url(), "admin").await.unwrap();
+    let connection = tollgate_broker::connect(&vhost.amqp_url(), "admin")
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     (connection, channel)
 }
@@ -30,7 +32,10 @@ async fn passive_count(channel: &Channel, queue: &str) -> u32 {
     channel
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -49,7 +54,12 @@ async fn confirmed_publish_reaches_the_billing_queue_and_topology_is_idempotent(
 
     for i in 0..3 {
         publisher
-            .publish(EVENTS_EXCHANGE, "invoice.paid", format!("{{\"n\":{i}}}").as_bytes(), BasicProperties::default())
+            .publish(
+                EVENTS_EXCHANGE,
+                "invoice.paid",
+                format!("{{\"n\":{i}}}").as_bytes(),
+                BasicProperties::default(),
+            )
             .await
             .expect("confirmed");
     }
@@ -65,16 +75,31 @@ async fn an_unroutable_message_is_an_error_not_a_success() {
     let vhost = TestVhost::create();
     let (_connection, admin) = admin_channel(&vhost).await;
     admin
-        .exchange_declare("nowhere".into(), ExchangeKind::Topic, ExchangeDeclareOptions::default(), FieldTable::default())
+        .exchange_declare(
+            "nowhere".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let publisher = Publisher::start(config(vhost.amqp_url()));
     assert!(publisher.wait_ready(Duration::from_secs(10)).await);
-    let result = publisher.publish("nowhere", "x", b"{}", BasicProperties::default()).await;
-    assert!(matches!(result, Err(PublishError::Unroutable)), "{result:?}");
+    let result = publisher
+        .publish("nowhere", "x", b"{}", BasicProperties::default())
+        .await;
+    assert!(
+        matches!(result, Err(PublishError::Unroutable)),
+        "{result:?}"
+    );
     // The connection is still usable afterwards.
     publisher
-        .publish(EVENTS_EXCHANGE, "invoice.paid", b"{}", BasicProperties::default())
+        .publish(
+            EVENTS_EXCHANGE,
+            "invoice.paid",
+            b"{}",
+            BasicProperties::default(),
+        )
         .await
         .expect("still publishing");
 }
@@ -84,21 +109,40 @@ async fn a_broker_nack_is_an_error() {
     let vhost = TestVhost::create();
     let (_connection, admin) = admin_channel(&vhost).await;
     admin
-        .exchange_declare("full".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default())
+        .exchange_declare(
+            "full".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     // A queue that can hold nothing and refuses instead of dropping: the broker nacks.
     let mut arguments = FieldTable::default();
     arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
-    arguments.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
-    admin.queue_declare("full".into(), QueueDeclareOptions::default(), arguments).await.unwrap();
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
     admin
-        .queue_bind("full".into(), "full".into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_declare("full".into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .unwrap();
+    admin
+        .queue_bind(
+            "full".into(),
+            "full".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let publisher = Publisher::start(config(vhost.amqp_url()));
     assert!(publisher.wait_ready(Duration::from_secs(10)).await);
-    let result = publisher.publish("full", "", b"{}", BasicProperties::default()).await;
+    let result = publisher
+        .publish("full", "", b"{}", BasicProperties::default())
+        .await;
     assert!(matches!(result, Err(PublishError::Nacked)), "{result:?}");
 }
 
@@ -111,7 +155,14 @@ async fn the_publisher_reconnects_after_the_broker_comes_back() {
 
     proxy.cut();
     // Whatever the publisher has noticed so far, a publish now cannot succeed.
-    let result = publisher.publish(EVENTS_EXCHANGE, "invoice.paid", b"{}", BasicProperties::default()).await;
+    let result = publisher
+        .publish(
+            EVENTS_EXCHANGE,
+            "invoice.paid",
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await;
     assert!(result.is_err(), "{result:?}");
     for _ in 0..100 {
         if !publisher.is_ready() {
@@ -120,13 +171,31 @@ async fn the_publisher_reconnects_after_the_broker_comes_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!publisher.is_ready(), "the lost connection is noticed");
-    let result = publisher.publish(EVENTS_EXCHANGE, "invoice.paid", b"{}", BasicProperties::default()).await;
-    assert!(matches!(result, Err(PublishError::NotConnected)), "{result:?}");
+    let result = publisher
+        .publish(
+            EVENTS_EXCHANGE,
+            "invoice.paid",
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await;
+    assert!(
+        matches!(result, Err(PublishError::NotConnected)),
+        "{result:?}"
+    );
 
     proxy.restore();
-    assert!(publisher.wait_ready(Duration::from_secs(15)).await, "reconnected");
+    assert!(
+        publisher.wait_ready(Duration::from_secs(15)).await,
+        "reconnected"
+    );
     publisher
-        .publish(EVENTS_EXCHANGE, "invoice.paid", b"{\"after\":true}", BasicProperties::default())
+        .publish(
+            EVENTS_EXCHANGE,
+            "invoice.paid",
+            b"{\"after\":true}",
+            BasicProperties::default(),
+        )
         .await
         .expect("publishing again");
     let (_connection, admin) = admin_channel(&vhost).await;

@@ -9,8 +9,14 @@ macro_rules! fixture {
 
 /// Whole event envelopes.
 const COMPLETE: &[(&str, &str)] = &[
-    ("charge.dispute.created", fixture!("complete/charge.dispute.created.stripe-sync-engine.json")),
-    ("charge.refunded", fixture!("complete/charge.refunded.stripe-sync-engine.json")),
+    (
+        "charge.dispute.created",
+        fixture!("complete/charge.dispute.created.stripe-sync-engine.json"),
+    ),
+    (
+        "charge.refunded",
+        fixture!("complete/charge.refunded.stripe-sync-engine.json"),
+    ),
     (
         "checkout.session.completed.payment",
         fixture!("complete/checkout.session.completed.payment_mode.stripe-sync-engine.json"),
@@ -29,14 +35,34 @@ const COMPLETE: &[(&str, &str)] = &[
     ),
     (
         "entitlements.active_entitlement_summary.updated",
-        fixture!("complete/entitlements.active_entitlement_summary.updated.stripe-sync-engine.json"),
+        fixture!(
+            "complete/entitlements.active_entitlement_summary.updated.stripe-sync-engine.json"
+        ),
     ),
-    ("invoice.finalized", fixture!("complete/invoice.finalized.stripe-sync-engine.json")),
-    ("invoice.paid", fixture!("complete/invoice.paid.stripe-sync-engine.json")),
-    ("invoice.updated", fixture!("complete/invoice.updated.stripe-sync-engine.json")),
-    ("payment_method.attached", fixture!("complete/payment_method.attached.stripe-sync-engine.json")),
-    ("payment_method.detached", fixture!("complete/payment_method.detached.stripe-sync-engine.json")),
-    ("refund.created", fixture!("complete/refund.created.stripe-sync-engine.json")),
+    (
+        "invoice.finalized",
+        fixture!("complete/invoice.finalized.stripe-sync-engine.json"),
+    ),
+    (
+        "invoice.paid",
+        fixture!("complete/invoice.paid.stripe-sync-engine.json"),
+    ),
+    (
+        "invoice.updated",
+        fixture!("complete/invoice.updated.stripe-sync-engine.json"),
+    ),
+    (
+        "payment_method.attached",
+        fixture!("complete/payment_method.attached.stripe-sync-engine.json"),
+    ),
+    (
+        "payment_method.detached",
+        fixture!("complete/payment_method.detached.stripe-sync-engine.json"),
+    ),
+    (
+        "refund.created",
+        fixture!("complete/refund.created.stripe-sync-engine.json"),
+    ),
 ];
 
 /// Only `data` (`{"object": ..., "previous_attributes"?}`): wrapped in an envelope when sent.

@@ -1,0 +1,102 @@
+use tollgate_runtime::config::{ConfigError, Env, redact_url};
+
+/// Everything billing reads from its environment (see README, "Configuration").
+#[derive(Clone)]
+pub struct Config {
+    /// `DATABASE_URL` (required).
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`, default 10.
+    pub database_max_connections: u32,
+    /// `AMQP_URL` (required).
+    pub amqp_url: String,
+    /// `BILLING_PREFETCH`, default 32: unacknowledged events in flight per process.
+    pub prefetch: u16,
+    /// `BILLING_MAX_ATTEMPTS`, default 6: transient failures retried this many
+    /// times in all (with growing delays) before the event is dead-lettered.
+    pub max_attempts: u32,
+    /// `BILLING_MIGRATE`, default true: apply database migrations at start.
+    pub migrate: bool,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let prefetch: u16 = env.or("BILLING_PREFETCH", 32)?;
+        if prefetch == 0 {
+            return Err(ConfigError::invalid(
+                "BILLING_PREFETCH",
+                "must be at least 1",
+            ));
+        }
+        let max_attempts: u32 = env.or("BILLING_MAX_ATTEMPTS", 6)?;
+        if max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "BILLING_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
+        }
+        let database_url = env.required_string("DATABASE_URL")?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::invalid(
+                "DATABASE_URL",
+                "must start with postgres://",
+            ));
+        }
+        Ok(Self {
+            database_url,
+            database_max_connections: env.or("DATABASE_MAX_CONNECTIONS", 10)?,
+            amqp_url: env.required_string("AMQP_URL")?,
+            prefetch,
+            max_attempts,
+            migrate: env.flag("BILLING_MIGRATE", true)?,
+        })
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("prefetch", &self.prefetch)
+            .field("max_attempts", &self.max_attempts)
+            .field("migrate", &self.migrate)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requires_the_database_and_the_broker_and_names_them() {
+        let missing = Config::from_env(&Env::from_pairs([("AMQP_URL", "amqp://x")])).unwrap_err();
+        assert_eq!(
+            missing,
+            ConfigError::Missing {
+                name: "DATABASE_URL"
+            }
+        );
+        let env = Env::from_pairs([
+            ("AMQP_URL", "amqp://x"),
+            ("DATABASE_URL", "postgres://u:secret@db/app"),
+        ]);
+        let config = Config::from_env(&env).unwrap();
+        assert_eq!(config.prefetch, 32);
+        assert_eq!(config.max_attempts, 6);
+        assert!(!format!("{config:?}").contains("secret"));
+        let bad = Env::from_pairs([
+            ("AMQP_URL", "amqp://x"),
+            ("DATABASE_URL", "postgres://db/app"),
+            ("BILLING_PREFETCH", "0"),
+        ]);
+        assert!(matches!(
+            Config::from_env(&bad),
+            Err(ConfigError::Invalid {
+                name: "BILLING_PREFETCH",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,308 @@
+//! The queue consumer: manual acks, bounded prefetch, reconnects on its own.
+//!
+//! Every delivery ends in exactly one of: applied (ack), duplicate (ack),
+//! transient failure (copied to the delay queue for its attempt, then ack),
+//! poison or out of attempts (copied to the dead-letter queue with its error and
+//! recorded for review, then ack). A delivery is acknowledged only after its
+//! outcome is durable, so a crash at any point means redelivery, never loss; the
+//! ledger turns the redelivery into a no-op.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tollgate_broker::{Publisher, lapin};
+use tollgate_events::topology::{self, headers};
+use tracing::{Instrument, error, info, warn};
+
+use crate::process::{self, Decoded, ProcessError};
+
+pub struct Consumer {
+    pub pool: PgPool,
+    /// Confirmed publishes of retries and dead letters.
+    pub publisher: Publisher,
+    pub amqp_url: String,
+    pub prefetch: u16,
+    pub max_attempts: u32,
+    /// True while consuming.
+    pub consuming: watch::Sender<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    Cancelled,
+}
+
+enum Settle {
+    Ack,
+    /// The outcome could not be made durable: let the broker redeliver.
+    Requeue,
+}
+
+impl Consumer {
+    /// Consumes until `stop` turns true; then finishes in-flight events and returns.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match self.clone().session(&mut stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "billing consumer disconnected")
+                }
+            }
+            self.consuming.send_replace(false);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), SessionError> {
+        let connection = tollgate_broker::connect(&self.amqp_url, "tollgate-billing").await?;
+        let channel = connection.create_channel().await?;
+        tollgate_broker::declare_topology(&channel).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                topology::BILLING_QUEUE.into(),
+                "tollgate-billing".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.consuming.send_replace(true);
+        info!(prefetch = self.prefetch, "billing consuming");
+        let mut in_flight = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        in_flight.spawn(self.clone().handle(delivery));
+                    }
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(false),
+                },
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                _ = stop.wait_for(|s| *s) => break Ok(true),
+            }
+        };
+        // Let in-flight events finish and settle (their acks need this channel).
+        while in_flight.join_next().await.is_some() {}
+        self.consuming.send_replace(false);
+        let _ = connection.close(200, "billing stopping".into()).await;
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SessionError::Cancelled),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn handle(self: Arc<Self>, delivery: Delivery) {
+        let attempt = attempt_of(&delivery.properties);
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_string())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "billing_event",
+            event_id = %message_id,
+            event_type = %delivery.routing_key,
+            attempt
+        );
+        async {
+            let decoded = process::decode(&delivery.data);
+            let result = match &decoded {
+                Ok(event) => process::apply(&self.pool, event, attempt).await.map(|_| ()),
+                Err(e) => Err(ProcessError::Poison(e.to_string())),
+            };
+            let settle = match result {
+                Ok(()) => Settle::Ack,
+                Err(e) if e.is_poison() || attempt >= self.max_attempts => {
+                    self.dead_letter(&delivery, decoded.as_ref().ok(), &e, attempt)
+                        .await
+                }
+                Err(e) => {
+                    self.retry(&delivery, decoded.as_ref().ok(), &e, attempt)
+                        .await
+                }
+            };
+            let settled = match settle {
+                Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+                Settle::Requeue => {
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = settled {
+                // The channel is gone: the broker redelivers, the ledger absorbs it.
+                warn!(error = %e, "could not settle the delivery");
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        event: Option<&Decoded>,
+        error: &ProcessError,
+        attempt: u32,
+    ) -> Settle {
+        let queue = topology::billing_retry_queue(attempt);
+        warn!(%error, retry_queue = queue, "event failed; retrying later");
+        metrics::counter!("tollgate_billing_retries_total").increment(1);
+        let properties = with_headers(&delivery.properties, |h| {
+            h.insert(headers::ATTEMPT.into(), AMQPValue::LongUInt(attempt + 1));
+        });
+        if let Err(e) = self
+            .publisher
+            .publish("", queue, &delivery.data, properties)
+            .await
+        {
+            error!(error = %e, "could not schedule the retry; requeueing");
+            return Settle::Requeue;
+        }
+        if let Some(event) = event {
+            // Best effort: the database is often what failed.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                crate::ledger::record_failure(
+                    &self.pool,
+                    &event.envelope,
+                    &event.payload,
+                    attempt,
+                    &error.to_string(),
+                    false,
+                ),
+            )
+            .await;
+        }
+        Settle::Ack
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        event: Option<&Decoded>,
+        error: &ProcessError,
+        attempt: u32,
+    ) -> Settle {
+        error!(%error, "dead-lettering event");
+        metrics::counter!("tollgate_billing_dead_letters_total").increment(1);
+        let reason = truncate(&error.to_string(), 1000);
+        let properties = with_headers(&delivery.properties, |h| {
+            h.insert(
+                headers::ERROR.into(),
+                AMQPValue::LongString(LongString::from(reason.as_str())),
+            );
+            h.insert(headers::ATTEMPTS.into(), AMQPValue::LongUInt(attempt));
+        });
+        // The broker copy first: it is durable even while the database is down.
+        if let Err(e) = self
+            .publisher
+            .publish(
+                topology::DEAD_LETTER_EXCHANGE,
+                delivery.routing_key.as_str(),
+                &delivery.data,
+                properties,
+            )
+            .await
+        {
+            error!(error = %e, "could not dead-letter; requeueing");
+            return Settle::Requeue;
+        }
+        let recorded = async {
+            sqlx::query(
+                "INSERT INTO dead_letters (event_id, event_type, routing_key, payload, error, attempts)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(event.map(|e| e.envelope.id.as_str()))
+            .bind(event.map(|e| e.envelope.event_type.as_str()))
+            .bind(delivery.routing_key.as_str())
+            .bind(&delivery.data)
+            .bind(&reason)
+            .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+            .execute(&self.pool)
+            .await?;
+            if let Some(event) = event {
+                crate::ledger::record_failure(
+                    &self.pool,
+                    &event.envelope,
+                    &event.payload,
+                    attempt,
+                    &reason,
+                    true,
+                )
+                .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), recorded)
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
+        {
+            warn!(error = %e, "dead letter is on the queue but not recorded in the database");
+        }
+        Settle::Ack
+    }
+}
+
+/// The attempt this delivery is: 1, or what a retry set.
+fn attempt_of(properties: &BasicProperties) -> u32 {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(headers::ATTEMPT))
+        .and_then(|v| match v {
+            AMQPValue::LongUInt(n) => Some(*n),
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            _ => None,
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+fn with_headers(
+    properties: &BasicProperties,
+    edit: impl FnOnce(&mut FieldTable),
+) -> BasicProperties {
+    let mut table = properties.headers().clone().unwrap_or_default();
+    edit(&mut table);
+    properties.clone().with_headers(table)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}

@@ -1,0 +1,83 @@
+//! Applying one message: decode, claim in the ledger, apply, commit — all or nothing.
+
+use sqlx::PgPool;
+use tollgate_events::EventEnvelope;
+
+use crate::ledger::{self, Applied, Claim};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied(Applied),
+    Duplicate,
+}
+
+/// Why a message could not be applied, which decides what happens to it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Retrying cannot help (not an event, a payload we cannot decode, a
+    /// constraint the data breaks): dead-letter it at once with this error.
+    #[error("poison message: {0}")]
+    Poison(String),
+    /// May succeed later (database unreachable, deadlock, serialisation failure):
+    /// retry after a delay.
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+impl ProcessError {
+    pub fn is_poison(&self) -> bool {
+        matches!(self, Self::Poison(_))
+    }
+}
+
+impl From<sqlx::Error> for ProcessError {
+    fn from(error: sqlx::Error) -> Self {
+        // SQLSTATE class 23 (integrity constraint violation) and 22 (data exception)
+        // will fail the same way every time; everything else may pass on a retry.
+        let permanent = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code.starts_with("23") || code.starts_with("22"));
+        if permanent {
+            Self::Poison(error.to_string())
+        } else {
+            Self::Transient(error.to_string())
+        }
+    }
+}
+
+/// A message body decoded far enough to be stored.
+pub struct Decoded {
+    pub envelope: EventEnvelope,
+    pub payload: serde_json::Value,
+}
+
+pub fn decode(body: &[u8]) -> Result<Decoded, ProcessError> {
+    let envelope = EventEnvelope::parse(body)
+        .map_err(|e| ProcessError::Poison(format!("not a Stripe event: {e}")))?;
+    let payload = serde_json::from_slice(body)
+        .map_err(|e| ProcessError::Poison(format!("invalid JSON: {e}")))?;
+    Ok(Decoded { envelope, payload })
+}
+
+/// Applies the event once: the ledger row and every effect commit together, or
+/// nothing does.
+pub async fn apply(pool: &PgPool, event: &Decoded, attempt: u32) -> Result<Outcome, ProcessError> {
+    let mut tx = pool.begin().await?;
+    if ledger::claim(&mut tx, &event.envelope, &event.payload, attempt).await? == Claim::Duplicate {
+        tx.rollback().await?;
+        metrics::counter!("tollgate_billing_events_total", "outcome" => "duplicate").increment(1);
+        return Ok(Outcome::Duplicate);
+    }
+    // Event handlers are routed on the type string here as they are added; until a
+    // type has one, the event is stored and acknowledged ("ignored").
+    let applied = Applied::Ignored;
+    ledger::finish(&mut tx, &event.envelope.id, applied).await?;
+    tx.commit().await?;
+    let label = match applied {
+        Applied::Processed => "processed",
+        Applied::Ignored => "ignored",
+    };
+    metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
+    Ok(Outcome::Applied(applied))
+}

@@ -1,0 +1,106 @@
+//! Building and running the billing consumer (the shape tests drive).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tollgate_broker::{Publisher, PublisherConfig};
+
+use crate::config::Config;
+use crate::consumer::Consumer;
+use crate::db;
+
+pub struct Application {
+    pool: PgPool,
+    publisher: Publisher,
+    consuming: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    consumer: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    /// Applies migrations (unless disabled) and starts consuming.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        tollgate_runtime::telemetry::metrics_handle();
+        let pool = db::pool(&config.database_url, config.database_max_connections)
+            .context("DATABASE_URL")?;
+        if config.migrate {
+            db::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
+        }
+        let publisher = Publisher::start(PublisherConfig {
+            url: config.amqp_url.clone(),
+            connection_name: "tollgate-billing-publisher".into(),
+            channels: 1,
+            confirm_timeout: Duration::from_secs(10),
+            declare_topology: true,
+        });
+        let (consuming_tx, consuming) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let consumer = Arc::new(Consumer {
+            pool: pool.clone(),
+            publisher: publisher.clone(),
+            amqp_url: config.amqp_url.clone(),
+            prefetch: config.prefetch,
+            max_attempts: config.max_attempts,
+            consuming: consuming_tx,
+        });
+        let consumer = tokio::spawn(consumer.run(stop_rx));
+        Ok(Self {
+            pool,
+            publisher,
+            consuming,
+            stop,
+            consumer,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Waits until the consumer is attached to the queue (and the publisher connected).
+    pub async fn wait_consuming(&self, timeout: Duration) -> bool {
+        let mut consuming = self.consuming.clone();
+        let attached = tokio::time::timeout(timeout, consuming.wait_for(|c| *c))
+            .await
+            .is_ok();
+        attached && self.publisher.wait_ready(timeout).await
+    }
+
+    /// Something to call `stop()` on from elsewhere (tests, the signal handler).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    /// Runs until stopped; in-flight events finish and are acknowledged first.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.consumer.await.context("consumer task")?;
+        self.publisher.close().await;
+        self.pool.close().await;
+        tracing::info!("billing stopped");
+        Ok(())
+    }
+
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let stopper = self.stopper();
+        tokio::spawn(async move {
+            tollgate_runtime::shutdown::signal().await;
+            stopper.stop();
+        });
+        self.run_until_stopped().await
+    }
+}
+
+#[derive(Clone)]
+pub struct Stopper(watch::Sender<bool>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}

@@ -1,0 +1,150 @@
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use tollgate_broker::lapin;
+use tollgate_events::topology::{BILLING_QUEUE, DEAD_LETTER_QUEUE};
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_with_its_error_and_others_keep_flowing() {
+    let mut billing = spawn_billing(Options::default()).await;
+    billing
+        .publish_event("junk-1", "invoice.paid", b"this is not an event")
+        .await;
+    let (good_id, good) = event("invoice.paid");
+    billing.publish_event(&good_id, "invoice.paid", &good).await;
+
+    // The dead-letter queue holds the poison message, byte for byte, with its error.
+    let broker = billing.broker().await;
+    let channel = broker.create_channel().await.unwrap();
+    let mut dead = channel
+        .basic_consume(
+            DEAD_LETTER_QUEUE.into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .expect("dead letter within 10 s")
+        .unwrap()
+        .unwrap();
+    delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(delivery.data, b"this is not an event");
+    assert_eq!(delivery.routing_key.as_str(), "invoice.paid");
+    let headers = delivery.properties.headers().clone().unwrap();
+    match headers.inner().get("x-tollgate-error") {
+        Some(AMQPValue::LongString(error)) => {
+            assert!(error.to_string().contains("not a Stripe event"), "{error}")
+        }
+        other => panic!("error header: {other:?}"),
+    }
+
+    eventually(
+        "the good event is stored",
+        Duration::from_secs(10),
+        || async { billing.event_count().await == 1 },
+    )
+    .await;
+    let (error, resolution, payload): (String, String, Vec<u8>) =
+        sqlx::query_as("SELECT error, resolution, payload FROM dead_letters")
+            .fetch_one(&billing.pool)
+            .await
+            .unwrap();
+    assert!(error.contains("not a Stripe event"), "{error}");
+    assert_eq!(resolution, "open");
+    assert_eq!(payload, b"this is not an event");
+    billing.stop().await;
+    assert_eq!(billing.ready_messages(BILLING_QUEUE).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_retried_with_backoff_and_the_event_applied_once() {
+    let mut billing = spawn_billing(Options {
+        db_via_proxy: true,
+        ..Options::default()
+    })
+    .await;
+    let proxy = billing.db_proxy.take().unwrap();
+    proxy.cut();
+    let (id, body) = event("invoice.payment_failed");
+    billing
+        .publish_event(&id, "invoice.payment_failed", &body)
+        .await;
+
+    // It fails, goes to the 1 s delay queue, comes back, fails again (5 s queue)...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        billing.event_count().await,
+        0,
+        "nothing applied while the database is away"
+    );
+
+    proxy.restore();
+    eventually(
+        "applied after the database returns",
+        Duration::from_secs(20),
+        || async { billing.event_count().await == 1 },
+    )
+    .await;
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM stripe_events WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&billing.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "ignored");
+    assert!(attempts >= 2, "retried: attempts = {attempts}");
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&billing.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    billing.stop().await;
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_out_of_attempts_is_dead_lettered() {
+    let mut billing = spawn_billing(Options {
+        db_via_proxy: true,
+        max_attempts: 1,
+        ..Options::default()
+    })
+    .await;
+    let proxy = billing.db_proxy.take().unwrap();
+    proxy.cut();
+    let (id, body) = event("invoice.paid");
+    billing.publish_event(&id, "invoice.paid", &body).await;
+    let broker = billing.broker().await;
+    let channel = broker.create_channel().await.unwrap();
+    let mut dead = channel
+        .basic_consume(
+            DEAD_LETTER_QUEUE.into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(15), dead.next())
+        .await
+        .expect("dead letter within 15 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        delivery.properties.message_id().as_ref().unwrap().as_str(),
+        id
+    );
+    proxy.restore();
+    billing.stop().await;
+}

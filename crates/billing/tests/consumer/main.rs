@@ -1,0 +1,7 @@
+//! Billing's consumer against a real PostgreSQL (a database per test) and a real
+//! RabbitMQ (a vhost per test).
+
+mod helpers;
+
+mod delivery;
+mod failures;
