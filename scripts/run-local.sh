@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate/target}/debug"
-services=(ingest)
+services=(ingest billing)
+
+# Billing owns the schema: create the database if needed and migrate before anything runs.
+"$bin/billing" migrate
 
 pids=()
 stop() {

@@ -7,8 +7,14 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env(&Env::process()).context("billing configuration")?;
     let _telemetry = telemetry::init("billing")?;
     match std::env::args().nth(1).as_deref() {
-        // `billing migrate`: apply migrations and exit (a Kubernetes Job / init container).
+        // `billing migrate`: create the database if missing, apply migrations and exit
+        // (`make run`, a Kubernetes Job or init container).
         Some("migrate") => {
+            use sqlx::migrate::MigrateDatabase;
+            if !sqlx::Postgres::database_exists(&config.database_url).await? {
+                sqlx::Postgres::create_database(&config.database_url).await?;
+                tracing::info!("database created");
+            }
             let pool = db::pool(&config.database_url, 1)?;
             db::MIGRATOR
                 .run(&pool)
