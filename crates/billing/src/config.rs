@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use tollgate_runtime::config::{ConfigError, Env, redact_url};
 
 /// Everything billing reads from its environment (see README, "Configuration").
@@ -16,6 +18,8 @@ pub struct Config {
     pub max_attempts: u32,
     /// `BILLING_MIGRATE`, default true: apply database migrations at start.
     pub migrate: bool,
+    /// `TOLLGATE_PLANS`, default `config/plans.toml`.
+    pub plans_path: PathBuf,
 }
 
 impl Config {
@@ -48,6 +52,10 @@ impl Config {
             prefetch,
             max_attempts,
             migrate: env.flag("BILLING_MIGRATE", true)?,
+            plans_path: env.or(
+                "TOLLGATE_PLANS",
+                PathBuf::from(tollgate_plans::DEFAULT_PATH),
+            )?,
         })
     }
 }
@@ -61,6 +69,7 @@ impl std::fmt::Debug for Config {
             .field("prefetch", &self.prefetch)
             .field("max_attempts", &self.max_attempts)
             .field("migrate", &self.migrate)
+            .field("plans_path", &self.plans_path)
             .finish()
     }
 }

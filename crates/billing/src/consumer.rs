@@ -20,12 +20,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tollgate_broker::{Publisher, lapin};
 use tollgate_events::topology::{self, headers};
+use tollgate_plans::Plans;
 use tracing::{Instrument, error, info, warn};
 
 use crate::process::{self, Decoded, ProcessError};
 
 pub struct Consumer {
     pub pool: PgPool,
+    pub plans: Arc<Plans>,
     /// Confirmed publishes of retries and dead letters.
     pub publisher: Publisher,
     pub amqp_url: String,
@@ -134,7 +136,9 @@ impl Consumer {
         async {
             let decoded = process::decode(&delivery.data);
             let result = match &decoded {
-                Ok(event) => process::apply(&self.pool, event, attempt).await.map(|_| ()),
+                Ok(event) => process::apply(&self.pool, &self.plans, event, attempt)
+                    .await
+                    .map(|_| ()),
                 Err(e) => Err(ProcessError::Poison(e.to_string())),
             };
             let settle = match result {

@@ -3,15 +3,19 @@
 //!
 //! Built so far: the idempotency ledger (every event stored once, in the same
 //! transaction as its effects), retries with backoff through delay queues for
-//! transient failures, and dead-lettering with the error for poison messages.
-//! Event handlers (subscriptions, invoices, credits, ...) build on this.
+//! transient failures, dead-lettering with the error for poison messages, and
+//! the checkout and subscription handlers with the ordering gate and derived
+//! access (docs/billing-state.md).
 
 pub mod config;
 pub mod consumer;
+pub mod customers;
 pub mod db;
+pub mod handlers;
 pub mod ledger;
 pub mod process;
 pub mod startup;
+pub mod stripe;
 
 pub use config::Config;
 pub use startup::Application;

@@ -2,6 +2,7 @@
 
 use sqlx::PgPool;
 use tollgate_events::EventEnvelope;
+use tollgate_plans::Plans;
 
 use crate::ledger::{self, Applied, Claim};
 
@@ -62,16 +63,20 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProcessError> {
 
 /// Applies the event once: the ledger row and every effect commit together, or
 /// nothing does.
-pub async fn apply(pool: &PgPool, event: &Decoded, attempt: u32) -> Result<Outcome, ProcessError> {
+pub async fn apply(
+    pool: &PgPool,
+    plans: &Plans,
+    event: &Decoded,
+    attempt: u32,
+) -> Result<Outcome, ProcessError> {
     let mut tx = pool.begin().await?;
     if ledger::claim(&mut tx, &event.envelope, &event.payload, attempt).await? == Claim::Duplicate {
         tx.rollback().await?;
         metrics::counter!("tollgate_billing_events_total", "outcome" => "duplicate").increment(1);
         return Ok(Outcome::Duplicate);
     }
-    // Event handlers are routed on the type string here as they are added; until a
-    // type has one, the event is stored and acknowledged ("ignored").
-    let applied = Applied::Ignored;
+    // Types without a handler are stored and acknowledged ("ignored").
+    let applied = crate::handlers::apply(&mut tx, plans, &event.envelope, &event.payload).await?;
     ledger::finish(&mut tx, &event.envelope.id, applied).await?;
     tx.commit().await?;
     let label = match applied {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tollgate_broker::{Publisher, PublisherConfig};
+use tollgate_plans::Plans;
 
 use crate::config::Config;
 use crate::consumer::Consumer;
@@ -24,6 +25,9 @@ impl Application {
     /// Applies migrations (unless disabled) and starts consuming.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         tollgate_runtime::telemetry::metrics_handle();
+        let plans = Arc::new(
+            Plans::load(Some(&config.plans_path)).context("TOLLGATE_PLANS (the plans file)")?,
+        );
         let pool = db::pool(&config.database_url, config.database_max_connections)
             .context("DATABASE_URL")?;
         if config.migrate {
@@ -43,6 +47,7 @@ impl Application {
         let (stop, stop_rx) = watch::channel(false);
         let consumer = Arc::new(Consumer {
             pool: pool.clone(),
+            plans,
             publisher: publisher.clone(),
             amqp_url: config.amqp_url.clone(),
             prefetch: config.prefetch,

@@ -46,7 +46,9 @@ async fn every_real_event_is_stored_once_even_when_delivered_twice() {
             .await
             .unwrap();
         assert_eq!(&stored_type, event_type);
-        assert_eq!(status, "ignored", "no handler yet: stored and acknowledged");
+        let handled = event_type.starts_with("customer.subscription.");
+        let expected = if handled { "processed" } else { "ignored" };
+        assert_eq!(status, expected, "{event_type}");
         assert_eq!(attempts, 1);
         assert_eq!(
             payload,
@@ -62,14 +64,10 @@ async fn two_consumers_store_each_event_once_under_heavy_duplication() {
         ..Options::default()
     })
     .await;
-    let events: Vec<_> = (0..40)
-        .map(|_| event("customer.subscription.updated"))
-        .collect();
+    let events: Vec<_> = (0..40).map(|_| event("charge.captured")).collect();
     for _ in 0..3 {
         for (id, body) in &events {
-            billing
-                .publish_event(id, "customer.subscription.updated", body)
-                .await;
+            billing.publish_event(id, "charge.captured", body).await;
         }
     }
     eventually("40 events stored", Duration::from_secs(30), || async {
@@ -78,13 +76,13 @@ async fn two_consumers_store_each_event_once_under_heavy_duplication() {
     .await;
     billing.stop().await;
     assert_eq!(billing.ready_messages(BILLING_QUEUE).await, 0);
-    let not_once: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM stripe_events WHERE attempts <> 1 OR status <> 'ignored'",
+    let not_once: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT status, attempts FROM stripe_events WHERE attempts <> 1 OR status <> 'ignored'",
     )
-    .fetch_one(&billing.pool)
+    .fetch_all(&billing.pool)
     .await
     .unwrap();
-    assert_eq!(not_once, 0);
+    assert!(not_once.is_empty(), "{not_once:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

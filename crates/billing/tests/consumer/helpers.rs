@@ -58,6 +58,7 @@ pub async fn spawn_billing(options: Options) -> TestBilling {
             ("AMQP_URL", vhost.amqp_url()),
             ("BILLING_MAX_ATTEMPTS", options.max_attempts.to_string()),
             ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
+            ("TOLLGATE_PLANS", plans_path()),
         ]);
         let app = Application::build(Config::from_env(&env).unwrap())
             .await
@@ -173,4 +174,8 @@ pub fn event(event_type: &str) -> (String, Vec<u8>) {
         "livemode": false, "api_version": "2025-03-31.basil", "data": { "object": {} }
     });
     (id, serde_json::to_vec(&body).unwrap())
+}
+
+pub fn plans_path() -> String {
+    format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR"))
 }

@@ -1,0 +1,195 @@
+//! Customer rows: the per-customer lock, linking users, and derived access.
+
+use sqlx::{Postgres, Transaction};
+use tollgate_plans::Plans;
+
+use crate::process::ProcessError;
+
+pub type Tx = Transaction<'static, Postgres>;
+
+/// The customer row for a Stripe customer, created if this is the first we hear
+/// of it, and locked until the transaction ends: effects on one customer are
+/// serialised across every billing process.
+pub async fn lock_or_create(
+    tx: &mut Tx,
+    stripe_customer_id: &str,
+) -> Result<uuid::Uuid, ProcessError> {
+    sqlx::query("INSERT INTO customers (stripe_customer_id) VALUES ($1) ON CONFLICT (stripe_customer_id) DO NOTHING")
+        .bind(stripe_customer_id)
+        .execute(&mut **tx)
+        .await?;
+    let id =
+        sqlx::query_scalar("SELECT id FROM customers WHERE stripe_customer_id = $1 FOR UPDATE")
+            .bind(stripe_customer_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(id)
+}
+
+/// Records who the customer is. A user id, once set, is never silently replaced by
+/// another: that would hand one user's subscription to someone else.
+pub async fn link_user(
+    tx: &mut Tx,
+    customer_id: uuid::Uuid,
+    user_id: Option<&str>,
+    email: Option<&str>,
+) -> Result<(), ProcessError> {
+    let current: Option<String> = sqlx::query_scalar("SELECT user_id FROM customers WHERE id = $1")
+        .bind(customer_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    if let (Some(current), Some(new)) = (current.as_deref(), user_id)
+        && current != new
+    {
+        return Err(ProcessError::Poison(format!(
+            "customer is linked to another user id; refusing to relink (customer {customer_id})"
+        )));
+    }
+    sqlx::query(
+        "UPDATE customers SET user_id = COALESCE(user_id, $2), email = COALESCE($3, email), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(customer_id)
+    .bind(user_id)
+    .bind(email)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// What triggered an access recomputation (written to the audit log).
+pub struct Trigger<'a> {
+    pub source: &'static str,
+    pub stripe_event_id: Option<&'a str>,
+}
+
+/// Access, derived from the customer's stored subscriptions: the best granting
+/// subscription (active or trialing, highest tier rank) decides; without one the
+/// most telling non-granting status is kept and the tier falls to the default.
+/// Writes an audit row when the status or tier changes.
+pub async fn recompute_access(
+    tx: &mut Tx,
+    plans: &Plans,
+    customer_id: uuid::Uuid,
+    trigger: Trigger<'_>,
+) -> Result<(), ProcessError> {
+    let subscriptions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT s.status, s.tier FROM subscriptions s
+           JOIN customers c ON c.stripe_customer_id = s.stripe_customer_id
+          WHERE c.id = $1",
+    )
+    .bind(customer_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let (status, tier) = derive_access(plans, &subscriptions);
+
+    let (previous_status, previous_tier): (String, Option<String>) =
+        sqlx::query_as("SELECT access_status, tier FROM customers WHERE id = $1")
+            .bind(customer_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    if previous_status == status && previous_tier.as_deref() == Some(tier.as_str()) {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE customers SET access_status = $2, tier = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(customer_id)
+    .bind(&status)
+    .bind(&tier)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO access_audit (customer_id, previous_status, new_status, previous_tier, new_tier, trigger_source, stripe_event_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(customer_id)
+    .bind(&previous_status)
+    .bind(&status)
+    .bind(&previous_tier)
+    .bind(&tier)
+    .bind(trigger.source)
+    .bind(trigger.stripe_event_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// (access status, tier) from (subscription status, subscription tier) pairs.
+pub fn derive_access(plans: &Plans, subscriptions: &[(String, String)]) -> (String, String) {
+    let rank = |tier: &str| plans.tier(tier).map_or(0, |t| t.rank);
+    let granting = subscriptions
+        .iter()
+        .filter(|(status, _)| status == "active" || status == "trialing")
+        .max_by_key(|(status, tier)| (rank(tier), status == "active"));
+    if let Some((status, tier)) = granting {
+        return (status.clone(), tier.clone());
+    }
+    // Without access, report the status that best explains why.
+    const WHY: &[&str] = &[
+        "past_due",
+        "unpaid",
+        "paused",
+        "incomplete",
+        "canceled",
+        "incomplete_expired",
+    ];
+    let status = WHY
+        .iter()
+        .find(|why| subscriptions.iter().any(|(status, _)| status == *why))
+        .map_or("none", |s| s);
+    let status = if status == "incomplete_expired" {
+        "canceled"
+    } else {
+        status
+    };
+    (status.to_string(), plans.default_tier().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plans() -> Plans {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/plans.toml");
+        Plans::load(Some(&path)).unwrap()
+    }
+
+    fn subs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_best_granting_subscription_decides() {
+        let plans = plans();
+        assert_eq!(derive_access(&plans, &[]), ("none".into(), "free".into()));
+        assert_eq!(
+            derive_access(
+                &plans,
+                &subs(&[
+                    ("canceled", "pro"),
+                    ("active", "pro_plus"),
+                    ("trialing", "pro")
+                ])
+            ),
+            ("active".into(), "pro_plus".into())
+        );
+        assert_eq!(
+            derive_access(
+                &plans,
+                &subs(&[("past_due", "pro"), ("canceled", "enterprise")])
+            ),
+            ("past_due".into(), "free".into())
+        );
+        assert_eq!(
+            derive_access(&plans, &subs(&[("canceled", "pro")])),
+            ("canceled".into(), "free".into())
+        );
+        assert_eq!(
+            derive_access(&plans, &subs(&[("incomplete_expired", "pro")])),
+            ("canceled".into(), "free".into())
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Narrow views of Stripe objects: only the fields billing reads, all optional
+//! where any API version may leave them out, unknown fields ignored. Routing is
+//! on the event's type string, never on a typed event enum.
+
+use serde::Deserialize;
+
+/// A field Stripe sends either as an id or, when expanded, as the object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Expandable {
+    Id(String),
+    Object { id: String },
+}
+
+impl Expandable {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Id(id) | Self::Object { id } => id,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct List<T> {
+    #[serde(default = "Vec::new")]
+    pub data: Vec<T>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub customer: Expandable,
+    pub status: String,
+    #[serde(default)]
+    pub cancel_at_period_end: Option<bool>,
+    /// Before the 2025 API versions the period sits here; since then on each item.
+    #[serde(default)]
+    pub current_period_start: Option<i64>,
+    #[serde(default)]
+    pub current_period_end: Option<i64>,
+    #[serde(default)]
+    pub trial_end: Option<i64>,
+    #[serde(default)]
+    pub canceled_at: Option<i64>,
+    #[serde(default)]
+    pub ended_at: Option<i64>,
+    #[serde(default)]
+    pub items: Option<List<SubscriptionItem>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SubscriptionItem {
+    #[serde(default)]
+    pub price: Option<Price>,
+    #[serde(default)]
+    pub current_period_start: Option<i64>,
+    #[serde(default)]
+    pub current_period_end: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Price {
+    pub id: String,
+    #[serde(default)]
+    pub product: Option<Expandable>,
+    #[serde(default)]
+    pub recurring: Option<Recurring>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Recurring {
+    pub interval: String,
+}
+
+impl Subscription {
+    fn first_item(&self) -> Option<&SubscriptionItem> {
+        self.items.as_ref().and_then(|items| items.data.first())
+    }
+
+    pub fn price(&self) -> Option<&Price> {
+        self.first_item().and_then(|item| item.price.as_ref())
+    }
+
+    pub fn period(&self) -> (Option<i64>, Option<i64>) {
+        let item = self.first_item();
+        (
+            self.current_period_start
+                .or_else(|| item.and_then(|i| i.current_period_start)),
+            self.current_period_end
+                .or_else(|| item.and_then(|i| i.current_period_end)),
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CheckoutSession {
+    pub id: String,
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub customer: Option<Expandable>,
+    #[serde(default)]
+    pub client_reference_id: Option<String>,
+    #[serde(default)]
+    pub subscription: Option<Expandable>,
+    #[serde(default)]
+    pub payment_status: Option<String>,
+    #[serde(default)]
+    pub customer_details: Option<CustomerDetails>,
+    #[serde(default)]
+    pub customer_email: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<std::collections::BTreeMap<String, Option<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CustomerDetails {
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+impl CheckoutSession {
+    /// Our user id: `client_reference_id`, else `metadata.user_id`.
+    pub fn user_id(&self) -> Option<&str> {
+        self.client_reference_id
+            .as_deref()
+            .or_else(|| {
+                self.metadata
+                    .as_ref()
+                    .and_then(|m| m.get("user_id"))
+                    .and_then(|v| v.as_deref())
+            })
+            .filter(|id| !id.is_empty())
+    }
+
+    pub fn email(&self) -> Option<&str> {
+        self.customer_details
+            .as_ref()
+            .and_then(|d| d.email.as_deref())
+            .or(self.customer_email.as_deref())
+    }
+}
+
+/// `data.object` of an event, decoded as `T`; a known type we cannot decode is poison.
+pub fn object<T: serde::de::DeserializeOwned>(
+    payload: &serde_json::Value,
+) -> Result<T, crate::process::ProcessError> {
+    let object = payload
+        .pointer("/data/object")
+        .ok_or_else(|| crate::process::ProcessError::Poison("event has no data.object".into()))?;
+    T::deserialize(object).map_err(|e| {
+        crate::process::ProcessError::Poison(format!("cannot decode data.object: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/stripe")
+            .join(path);
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn decodes_both_subscription_shapes() {
+        let old: Subscription = object(&fixture(
+            "complete/customer.subscription.updated.stripe-sync-engine.json",
+        ))
+        .unwrap();
+        assert_eq!(old.customer.id(), "cus_IhGfebO16cMIGN");
+        assert_eq!(old.price().unwrap().id, "price_1IDQm5JDPojXS6LNM31hxKzp");
+        assert_eq!(old.period(), (Some(1618980344), Some(1621572344)));
+
+        let data = fixture("data-only/customer.subscription.updated.data-only.pay-rails.json");
+        let new: Subscription = object(&serde_json::json!({ "data": data })).unwrap();
+        assert_eq!(new.status, "canceled");
+        assert_eq!(new.customer.id(), "cus_00000000000000");
+    }
+
+    #[test]
+    fn decodes_a_subscription_checkout() {
+        let data = fixture(
+            "data-only/checkout.session.completed.subscription_mode.data-only.pay-rails.json",
+        );
+        let session: CheckoutSession = object(&serde_json::json!({ "data": data })).unwrap();
+        assert_eq!(session.mode.as_deref(), Some("subscription"));
+        assert_eq!(
+            session.customer.as_ref().unwrap().id(),
+            "cus_M5wW9RPFk9xNZ5"
+        );
+        assert_eq!(
+            session.subscription.as_ref().unwrap().id(),
+            "sub_1LNkeSKXBGcbgpbZ7jMqOPSi"
+        );
+        assert_eq!(session.user_id(), None);
+        assert_eq!(session.email(), Some("chris@gorails.com"));
+    }
+
+    #[test]
+    fn an_undecodable_object_is_poison() {
+        let payload = serde_json::json!({ "data": { "object": { "id": 5 } } });
+        assert!(object::<Subscription>(&payload).unwrap_err().is_poison());
+    }
+}
