@@ -73,8 +73,17 @@ pub async fn recompute_access(
     customer_id: uuid::Uuid,
     trigger: Trigger<'_>,
 ) -> Result<(), ProcessError> {
-    let subscriptions: Vec<(String, String)> = sqlx::query_as(
-        "SELECT s.status, s.tier FROM subscriptions s
+    // A subscription's payment is failing when an attempted, unpaid invoice is newer
+    // than its last paid one.
+    let subscriptions: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT s.status, s.tier,
+                EXISTS (SELECT 1 FROM invoices f
+                         WHERE f.stripe_subscription_id = s.stripe_subscription_id
+                           AND f.status = 'open' AND f.attempted AND f.amount_remaining > 0
+                           AND f.invoice_created > COALESCE(
+                               (SELECT max(p.invoice_created) FROM invoices p
+                                 WHERE p.stripe_subscription_id = s.stripe_subscription_id AND p.status = 'paid'), 0))
+           FROM subscriptions s
            JOIN customers c ON c.stripe_customer_id = s.stripe_customer_id
           WHERE c.id = $1",
     )
@@ -115,15 +124,24 @@ pub async fn recompute_access(
     Ok(())
 }
 
-/// (access status, tier) from (subscription status, subscription tier) pairs.
-pub fn derive_access(plans: &Plans, subscriptions: &[(String, String)]) -> (String, String) {
+/// (access status, tier) from (subscription status, tier, payment failing) rows.
+pub fn derive_access(plans: &Plans, subscriptions: &[(String, String, bool)]) -> (String, String) {
     let rank = |tier: &str| plans.tier(tier).map_or(0, |t| t.rank);
+    let live = |status: &str| status == "active" || status == "trialing";
     let granting = subscriptions
         .iter()
-        .filter(|(status, _)| status == "active" || status == "trialing")
-        .max_by_key(|(status, tier)| (rank(tier), status == "active"));
-    if let Some((status, tier)) = granting {
+        .filter(|(status, _, failing)| live(status) && !failing)
+        .max_by_key(|(status, tier, _)| (rank(tier), status == "active"));
+    if let Some((status, tier, _)) = granting {
         return (status.clone(), tier.clone());
+    }
+    // A live subscription whose payment failed is revoked at once, before Stripe
+    // marks it past_due.
+    if subscriptions
+        .iter()
+        .any(|(status, _, failing)| live(status) && *failing)
+    {
+        return ("payment_failed".into(), plans.default_tier().to_string());
     }
     // Without access, report the status that best explains why.
     const WHY: &[&str] = &[
@@ -136,7 +154,7 @@ pub fn derive_access(plans: &Plans, subscriptions: &[(String, String)]) -> (Stri
     ];
     let status = WHY
         .iter()
-        .find(|why| subscriptions.iter().any(|(status, _)| status == *why))
+        .find(|why| subscriptions.iter().any(|(status, _, _)| status == *why))
         .map_or("none", |s| s);
     let status = if status == "incomplete_expired" {
         "canceled"
@@ -155,9 +173,9 @@ mod tests {
         Plans::load(Some(&path)).unwrap()
     }
 
-    fn subs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn subs(list: &[(&str, &str)]) -> Vec<(String, String, bool)> {
         list.iter()
-            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .map(|(s, t)| (s.to_string(), t.to_string(), false))
             .collect()
     }
 
@@ -190,6 +208,17 @@ mod tests {
         assert_eq!(
             derive_access(&plans, &subs(&[("incomplete_expired", "pro")])),
             ("canceled".into(), "free".into())
+        );
+        let failing = vec![("active".to_string(), "pro".to_string(), true)];
+        assert_eq!(
+            derive_access(&plans, &failing),
+            ("payment_failed".into(), "free".into())
+        );
+        let mut one_ok = failing.clone();
+        one_ok.push(("active".into(), "pro".into(), false));
+        assert_eq!(
+            derive_access(&plans, &one_ok),
+            ("active".into(), "pro".into())
         );
     }
 }

@@ -140,6 +140,81 @@ impl CheckoutSession {
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub struct Invoice {
+    pub id: String,
+    pub customer: Expandable,
+    /// API versions before 2025: the subscription is here.
+    #[serde(default)]
+    pub subscription: Option<Expandable>,
+    /// 2025 ("basil") and later: under `parent.subscription_details`.
+    #[serde(default)]
+    pub parent: Option<InvoiceParent>,
+    pub status: Option<String>,
+    #[serde(default)]
+    pub number: Option<String>,
+    #[serde(default)]
+    pub billing_reason: Option<String>,
+    pub currency: String,
+    pub amount_due: i64,
+    #[serde(default)]
+    pub amount_paid: i64,
+    #[serde(default)]
+    pub amount_remaining: i64,
+    #[serde(default)]
+    pub attempted: Option<bool>,
+    #[serde(default)]
+    pub attempt_count: Option<i32>,
+    #[serde(default)]
+    pub hosted_invoice_url: Option<String>,
+    #[serde(default)]
+    pub invoice_pdf: Option<String>,
+    pub created: i64,
+    #[serde(default)]
+    pub period_start: Option<i64>,
+    #[serde(default)]
+    pub period_end: Option<i64>,
+    #[serde(default)]
+    pub status_transitions: Option<StatusTransitions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoiceParent {
+    #[serde(default)]
+    pub subscription_details: Option<SubscriptionDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SubscriptionDetails {
+    #[serde(default)]
+    pub subscription: Option<Expandable>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatusTransitions {
+    #[serde(default)]
+    pub paid_at: Option<i64>,
+}
+
+impl Invoice {
+    /// The subscription, in either API shape.
+    pub fn subscription_id(&self) -> Option<&str> {
+        self.subscription
+            .as_ref()
+            .or_else(|| {
+                self.parent
+                    .as_ref()
+                    .and_then(|p| p.subscription_details.as_ref())
+                    .and_then(|d| d.subscription.as_ref())
+            })
+            .map(Expandable::id)
+    }
+
+    pub fn paid_at(&self) -> Option<i64> {
+        self.status_transitions.as_ref().and_then(|t| t.paid_at)
+    }
+}
+
 /// `data.object` of an event, decoded as `T`; a known type we cannot decode is poison.
 pub fn object<T: serde::de::DeserializeOwned>(
     payload: &serde_json::Value,
@@ -196,6 +271,23 @@ mod tests {
         );
         assert_eq!(session.user_id(), None);
         assert_eq!(session.email(), Some("chris@gorails.com"));
+    }
+
+    #[test]
+    fn decodes_both_invoice_shapes() {
+        let old: Invoice =
+            object(&fixture("complete/invoice.paid.stripe-sync-engine.json")).unwrap();
+        assert_eq!(old.subscription_id(), Some("sub_JsuPyCPhXWfZar"));
+        assert_eq!(old.paid_at(), Some(1642649110));
+        let data = fixture("data-only/invoice.payment_failed.data-only.pay-rails.json");
+        let basil: Invoice = object(&serde_json::json!({ "data": data })).unwrap();
+        assert_eq!(
+            basil.subscription_id(),
+            Some("sub_1234"),
+            "from parent.subscription_details"
+        );
+        assert_eq!((basil.amount_due, basil.currency.as_str()), (24900, "usd"));
+        assert_eq!(basil.attempted, Some(true));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Event handlers, routed on the event's type string.
 
 mod checkout;
+mod invoices;
 mod subscriptions;
 
 use tollgate_events::EventEnvelope;
@@ -25,6 +26,14 @@ pub async fn apply(
         | "customer.subscription.trial_will_end" => {
             subscriptions::snapshot(tx, plans, envelope, payload).await
         }
+        "invoice.created"
+        | "invoice.finalized"
+        | "invoice.updated"
+        | "invoice.paid"
+        | "invoice.payment_succeeded"
+        | "invoice.payment_failed"
+        | "invoice.voided"
+        | "invoice.marked_uncollectible" => invoices::snapshot(tx, plans, envelope, payload).await,
         _ => Ok(Applied::Ignored),
     }
 }

@@ -14,8 +14,10 @@ async fn a_poison_message_is_dead_lettered_with_its_error_and_others_keep_flowin
     billing
         .publish_event("junk-1", "invoice.paid", b"this is not an event")
         .await;
-    let (good_id, good) = event("invoice.paid");
-    billing.publish_event(&good_id, "invoice.paid", &good).await;
+    let (good_id, good) = event("charge.captured");
+    billing
+        .publish_event(&good_id, "charge.captured", &good)
+        .await;
 
     // The dead-letter queue holds the poison message, byte for byte, with its error.
     let broker = billing.broker().await;
@@ -76,10 +78,8 @@ async fn a_database_outage_is_retried_with_backoff_and_the_event_applied_once() 
     .await;
     let proxy = billing.db_proxy.take().unwrap();
     proxy.cut();
-    let (id, body) = event("invoice.payment_failed");
-    billing
-        .publish_event(&id, "invoice.payment_failed", &body)
-        .await;
+    let (id, body) = event("charge.captured");
+    billing.publish_event(&id, "charge.captured", &body).await;
 
     // It fails, goes to the 1 s delay queue, comes back, fails again (5 s queue)...
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -123,8 +123,8 @@ async fn an_event_out_of_attempts_is_dead_lettered() {
     .await;
     let proxy = billing.db_proxy.take().unwrap();
     proxy.cut();
-    let (id, body) = event("invoice.paid");
-    billing.publish_event(&id, "invoice.paid", &body).await;
+    let (id, body) = event("charge.captured");
+    billing.publish_event(&id, "charge.captured", &body).await;
     let broker = billing.broker().await;
     let channel = broker.create_channel().await.unwrap();
     let mut dead = channel

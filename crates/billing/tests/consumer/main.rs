@@ -5,4 +5,5 @@ mod helpers;
 
 mod delivery;
 mod failures;
+mod invoices;
 mod subscriptions;

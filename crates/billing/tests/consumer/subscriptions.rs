@@ -7,10 +7,10 @@ use tollgate_test_support::stripe_fixture;
 
 use crate::helpers::*;
 
-const T0: i64 = 1_760_000_000;
+pub const T0: i64 = 1_760_000_000;
 
 /// A `customer.subscription.*` event in the 2025 shape (period on the item).
-fn subscription_event(
+pub fn subscription_event(
     event_type: &str,
     created: i64,
     subscription: &str,
@@ -48,7 +48,7 @@ fn uuid_like(seed: &str) -> String {
     format!("{h:016x}")
 }
 
-async fn access(billing: &TestBilling, stripe_customer: &str) -> (String, String) {
+pub async fn access(billing: &TestBilling, stripe_customer: &str) -> (String, String) {
     sqlx::query_as("SELECT access_status, tier FROM customers WHERE stripe_customer_id = $1")
         .bind(stripe_customer)
         .fetch_one(&billing.pool)
@@ -56,7 +56,7 @@ async fn access(billing: &TestBilling, stripe_customer: &str) -> (String, String
         .unwrap()
 }
 
-async fn deliver(billing: &TestBilling, events: &[(String, Vec<u8>)]) {
+pub async fn deliver(billing: &TestBilling, events: &[(String, Vec<u8>)]) {
     for (id, body) in events {
         let event_type = serde_json::from_slice::<Value>(body).unwrap()["type"]
             .as_str()
@@ -66,7 +66,7 @@ async fn deliver(billing: &TestBilling, events: &[(String, Vec<u8>)]) {
     }
 }
 
-async fn settle(billing: &TestBilling, distinct_events: i64) {
+pub async fn settle(billing: &TestBilling, distinct_events: i64) {
     eventually("every event applied", Duration::from_secs(30), || async {
         billing.event_count().await == distinct_events
     })

@@ -1,0 +1,163 @@
+//! `invoice.*`: store the snapshot if it is the latest, keep the customer's
+//! transaction history in step with it, then derive access (a failed payment
+//! revokes at once, a paid invoice restores).
+
+use chrono::{DateTime, Utc};
+use tollgate_events::EventEnvelope;
+use tollgate_plans::Plans;
+
+use crate::customers::{self, Trigger, Tx};
+use crate::ledger::Applied;
+use crate::process::ProcessError;
+use crate::stripe::{self, Invoice};
+
+fn status_rank(status: &str) -> i32 {
+    match status {
+        "draft" => 0,
+        "open" => 1,
+        "paid" | "void" | "uncollectible" => 2,
+        _ => 0,
+    }
+}
+
+fn type_rank(event_type: &str) -> i32 {
+    match event_type {
+        "invoice.created" => 0,
+        "invoice.finalized" | "invoice.updated" => 1,
+        "invoice.payment_failed" => 2,
+        _ => 3, // paid, payment_succeeded, voided, marked_uncollectible
+    }
+}
+
+/// Same-second tie-breaker for invoice snapshots (docs/billing-state.md).
+pub fn snapshot_rank(status: &str, event_type: &str) -> i32 {
+    status_rank(status) * 4 + type_rank(event_type)
+}
+
+fn at(seconds: Option<i64>) -> Option<DateTime<Utc>> {
+    seconds.and_then(|s| DateTime::from_timestamp(s, 0))
+}
+
+pub async fn snapshot(
+    tx: &mut Tx,
+    plans: &Plans,
+    envelope: &EventEnvelope,
+    payload: &serde_json::Value,
+) -> Result<Applied, ProcessError> {
+    let invoice: Invoice = stripe::object(payload)?;
+    let status = invoice.status.clone().unwrap_or_else(|| "open".into());
+    if invoice.currency.len() != 3 {
+        return Err(ProcessError::Poison(format!(
+            "invoice {} has currency {:?}",
+            invoice.id, invoice.currency
+        )));
+    }
+    let customer_id = customers::lock_or_create(tx, invoice.customer.id()).await?;
+    sqlx::query(
+        "INSERT INTO invoices (stripe_invoice_id, stripe_customer_id, stripe_subscription_id, status, number, billing_reason,
+                               currency, amount_due, amount_paid, amount_remaining, attempted, attempt_count,
+                               hosted_invoice_url, invoice_pdf, invoice_created, period_start, period_end, paid_at,
+                               snapshot_created, snapshot_rank, snapshot_event_id)
+         VALUES ($1, $2, $3, $4, $5, $6, lower($7), $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+         ON CONFLICT (stripe_invoice_id) DO UPDATE SET
+             stripe_subscription_id = EXCLUDED.stripe_subscription_id, status = EXCLUDED.status,
+             number = EXCLUDED.number, billing_reason = EXCLUDED.billing_reason, currency = EXCLUDED.currency,
+             amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+             amount_remaining = EXCLUDED.amount_remaining, attempted = EXCLUDED.attempted,
+             attempt_count = EXCLUDED.attempt_count, hosted_invoice_url = EXCLUDED.hosted_invoice_url,
+             invoice_pdf = EXCLUDED.invoice_pdf, invoice_created = EXCLUDED.invoice_created,
+             period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end, paid_at = EXCLUDED.paid_at,
+             snapshot_created = EXCLUDED.snapshot_created, snapshot_rank = EXCLUDED.snapshot_rank,
+             snapshot_event_id = EXCLUDED.snapshot_event_id, updated_at = now()
+           WHERE (invoices.snapshot_created, invoices.snapshot_rank, invoices.snapshot_event_id)
+               < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank, EXCLUDED.snapshot_event_id)",
+    )
+    .bind(&invoice.id)
+    .bind(invoice.customer.id())
+    .bind(invoice.subscription_id())
+    .bind(&status)
+    .bind(&invoice.number)
+    .bind(&invoice.billing_reason)
+    .bind(&invoice.currency)
+    .bind(invoice.amount_due)
+    .bind(invoice.amount_paid)
+    .bind(invoice.amount_remaining)
+    .bind(invoice.attempted.unwrap_or(false))
+    .bind(invoice.attempt_count.unwrap_or(0))
+    .bind(&invoice.hosted_invoice_url)
+    .bind(&invoice.invoice_pdf)
+    .bind(invoice.created)
+    .bind(at(invoice.period_start))
+    .bind(at(invoice.period_end))
+    .bind(at(invoice.paid_at()))
+    .bind(envelope.created)
+    .bind(snapshot_rank(&status, &envelope.event_type))
+    .bind(&envelope.id)
+    .execute(&mut **tx)
+    .await?;
+    sync_transaction(tx, customer_id, &invoice.id).await?;
+    customers::recompute_access(
+        tx,
+        plans,
+        customer_id,
+        Trigger {
+            source: "stripe_webhook",
+            stripe_event_id: Some(&envelope.id),
+        },
+    )
+    .await?;
+    Ok(Applied::Processed)
+}
+
+/// The subscription-payment transaction mirrors the *stored* invoice, so it is as
+/// order-independent as the invoice itself. Drafts and never-attempted open
+/// invoices are not (yet) payments.
+async fn sync_transaction(
+    tx: &mut Tx,
+    customer_id: uuid::Uuid,
+    invoice_id: &str,
+) -> Result<(), ProcessError> {
+    sqlx::query(
+        "INSERT INTO transactions (customer_id, kind, status, currency, amount, stripe_object_id, description, occurred_at)
+         SELECT $1, 'subscription_payment',
+                CASE WHEN i.status = 'paid' THEN 'succeeded'
+                     WHEN i.status = 'void' THEN 'canceled'
+                     WHEN i.status = 'uncollectible' OR i.attempted THEN 'failed'
+                     ELSE 'pending' END,
+                i.currency,
+                CASE WHEN i.status = 'paid' THEN i.amount_paid ELSE i.amount_due END,
+                i.stripe_invoice_id,
+                COALESCE('Invoice ' || i.number, 'Invoice'),
+                COALESCE(i.paid_at, to_timestamp(i.invoice_created))
+           FROM invoices i
+          WHERE i.stripe_invoice_id = $2 AND i.stripe_subscription_id IS NOT NULL
+            AND (i.status IN ('paid', 'void', 'uncollectible') OR i.attempted)
+         ON CONFLICT (kind, stripe_object_id) DO UPDATE SET
+             status = EXCLUDED.status, currency = EXCLUDED.currency, amount = EXCLUDED.amount,
+             description = EXCLUDED.description, occurred_at = EXCLUDED.occurred_at, updated_at = now()",
+    )
+    .bind(customer_id)
+    .bind(invoice_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paid_invoice_outranks_a_failed_attempt_of_the_same_second() {
+        assert!(
+            snapshot_rank("paid", "invoice.paid") > snapshot_rank("open", "invoice.payment_failed")
+        );
+        assert!(
+            snapshot_rank("open", "invoice.payment_failed")
+                > snapshot_rank("open", "invoice.finalized")
+        );
+        assert!(
+            snapshot_rank("open", "invoice.finalized") > snapshot_rank("draft", "invoice.created")
+        );
+    }
+}
