@@ -110,6 +110,77 @@ pub struct CheckoutSession {
     pub customer_email: Option<String>,
     #[serde(default)]
     pub metadata: Option<std::collections::BTreeMap<String, Option<String>>>,
+    #[serde(default)]
+    pub payment_intent: Option<Expandable>,
+    #[serde(default)]
+    pub amount_total: Option<i64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PaymentMethod {
+    pub id: String,
+    #[serde(default)]
+    pub customer: Option<Expandable>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub card: Option<Card>,
+}
+
+/// Only what may be shown to a customer: never a number.
+#[derive(Debug, Deserialize)]
+pub struct Card {
+    #[serde(default)]
+    pub brand: Option<String>,
+    #[serde(default)]
+    pub last4: Option<String>,
+    #[serde(default)]
+    pub exp_month: Option<i16>,
+    #[serde(default)]
+    pub exp_year: Option<i16>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Customer {
+    pub id: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<std::collections::BTreeMap<String, Option<String>>>,
+    #[serde(default)]
+    pub invoice_settings: Option<InvoiceSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoiceSettings {
+    #[serde(default)]
+    pub default_payment_method: Option<Expandable>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EntitlementSummary {
+    pub customer: String,
+    pub entitlements: List<ActiveEntitlement>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActiveEntitlement {
+    pub lookup_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Charge {
+    pub id: String,
+    #[serde(default)]
+    pub customer: Option<Expandable>,
+    pub amount: i64,
+    #[serde(default)]
+    pub amount_refunded: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub payment_intent: Option<Expandable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +201,17 @@ impl CheckoutSession {
                     .and_then(|v| v.as_deref())
             })
             .filter(|id| !id.is_empty())
+    }
+
+    /// Credits bought, for a top-up checkout (metadata `credits`, set by our checkout).
+    pub fn credits(&self) -> Option<i64> {
+        self.metadata
+            .as_ref()?
+            .get("credits")?
+            .as_deref()?
+            .parse()
+            .ok()
+            .filter(|n: &i64| *n > 0)
     }
 
     pub fn email(&self) -> Option<&str> {

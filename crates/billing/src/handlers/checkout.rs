@@ -20,8 +20,10 @@ pub async fn completed(
     payload: &serde_json::Value,
 ) -> Result<Applied, ProcessError> {
     let session: CheckoutSession = stripe::object(payload)?;
-    if session.mode.as_deref() != Some("subscription") {
-        return Ok(Applied::Ignored);
+    match session.mode.as_deref() {
+        Some("subscription") => {}
+        Some("payment") => return super::credits::topup(tx, envelope, &session).await,
+        _ => return Ok(Applied::Ignored),
     }
     let Some(stripe_customer) = session.customer.as_ref().map(|c| c.id().to_string()) else {
         return Err(ProcessError::Poison(format!(

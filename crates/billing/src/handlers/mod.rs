@@ -1,7 +1,9 @@
 //! Event handlers, routed on the event's type string.
 
 mod checkout;
+pub mod credits;
 mod invoices;
+mod payment_methods;
 mod subscriptions;
 
 use tollgate_events::EventEnvelope;
@@ -20,6 +22,22 @@ pub async fn apply(
 ) -> Result<Applied, ProcessError> {
     match envelope.event_type.as_str() {
         "checkout.session.completed" => checkout::completed(tx, plans, envelope, payload).await,
+        "checkout.session.async_payment_succeeded" => {
+            credits::checkout_payment(tx, envelope, payload).await
+        }
+        "charge.refunded" => credits::refund(tx, envelope, payload).await,
+        "payment_method.attached"
+        | "payment_method.detached"
+        | "payment_method.updated"
+        | "payment_method.automatically_updated" => {
+            payment_methods::payment_method(tx, envelope, payload).await
+        }
+        "customer.created" | "customer.updated" | "customer.deleted" => {
+            payment_methods::customer(tx, plans, envelope, payload).await
+        }
+        "entitlements.active_entitlement_summary.updated" => {
+            payment_methods::entitlement_summary(tx, envelope, payload).await
+        }
         "customer.subscription.created"
         | "customer.subscription.updated"
         | "customer.subscription.deleted"

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod credits;
 mod delivery;
 mod failures;
 mod invoices;
