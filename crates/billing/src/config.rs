@@ -20,6 +20,9 @@ pub struct Config {
     pub migrate: bool,
     /// `TOLLGATE_PLANS`, default `config/plans.toml`.
     pub plans_path: PathBuf,
+    /// `BILLING_OUTBOX_RELAY`, default true: relay entitlement changes to RabbitMQ
+    /// from this process (any number of processes may; one drains at a time).
+    pub outbox_relay: bool,
 }
 
 impl Config {
@@ -56,6 +59,7 @@ impl Config {
                 "TOLLGATE_PLANS",
                 PathBuf::from(tollgate_plans::DEFAULT_PATH),
             )?,
+            outbox_relay: env.flag("BILLING_OUTBOX_RELAY", true)?,
         })
     }
 }
@@ -70,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("max_attempts", &self.max_attempts)
             .field("migrate", &self.migrate)
             .field("plans_path", &self.plans_path)
+            .field("outbox_relay", &self.outbox_relay)
             .finish()
     }
 }

@@ -121,6 +121,7 @@ pub async fn recompute_access(
     .bind(trigger.stripe_event_id)
     .execute(&mut **tx)
     .await?;
+    crate::outbox::emit(tx, customer_id, "access").await?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub mod customers;
 pub mod db;
 pub mod handlers;
 pub mod ledger;
+pub mod outbox;
 pub mod process;
 pub mod startup;
 pub mod stripe;

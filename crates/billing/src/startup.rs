@@ -19,6 +19,7 @@ pub struct Application {
     consuming: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     consumer: tokio::task::JoinHandle<()>,
+    relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -54,6 +55,13 @@ impl Application {
             max_attempts: config.max_attempts,
             consuming: consuming_tx,
         });
+        let relay = config.outbox_relay.then(|| {
+            tokio::spawn(crate::outbox::relay(
+                pool.clone(),
+                publisher.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let consumer = tokio::spawn(consumer.run(stop_rx));
         Ok(Self {
             pool,
@@ -61,6 +69,7 @@ impl Application {
             consuming,
             stop,
             consumer,
+            relay,
         })
     }
 
@@ -85,6 +94,9 @@ impl Application {
     /// Runs until stopped; in-flight events finish and are acknowledged first.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.consumer.await.context("consumer task")?;
+        if let Some(relay) = self.relay {
+            relay.await.context("outbox relay task")?;
+        }
         self.publisher.close().await;
         self.pool.close().await;
         tracing::info!("billing stopped");

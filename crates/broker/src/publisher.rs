@@ -135,7 +135,8 @@ impl Publisher {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Publishes a persistent, mandatory message and waits for the broker's confirm.
+    /// Publishes a mandatory message and waits for the broker's confirm: an
+    /// unroutable message is an error.
     pub async fn publish(
         &self,
         exchange: &str,
@@ -143,15 +144,52 @@ impl Publisher {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.publish_confirmed(exchange, routing_key, payload, properties, true)
+            .await
+    }
+
+    /// Like `publish`, for announcements nobody may be listening to (a fanout
+    /// with no queue bound yet): confirmed, but not mandatory.
+    pub async fn broadcast(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        self.publish_confirmed(exchange, routing_key, payload, properties, false)
+            .await
+    }
+
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
         let session = self
             .inner
             .session
             .borrow()
             .clone()
             .ok_or(PublishError::NotConnected)?;
+        if !session.connection.status().connected() {
+            // Lost, and the supervisor has not swapped it out yet: fail fast.
+            self.mark_broken(&session);
+            return Err(PublishError::NotConnected);
+        }
         let started = Instant::now();
         let result = self
-            .publish_on(&session, exchange, routing_key, payload, properties)
+            .publish_on(
+                &session,
+                exchange,
+                routing_key,
+                payload,
+                properties,
+                mandatory,
+            )
             .await;
         metrics::histogram!("tollgate_broker_publish_confirm_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -172,9 +210,10 @@ impl Publisher {
         routing_key: &str,
         payload: &[u8],
         properties: BasicProperties,
+        mandatory: bool,
     ) -> Result<(), PublishError> {
         let options = BasicPublishOptions {
-            mandatory: true,
+            mandatory,
             ..BasicPublishOptions::default()
         };
         let confirm = session

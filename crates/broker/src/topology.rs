@@ -45,6 +45,15 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), lapin::Error> {
         .await?;
 
     channel
+        .exchange_declare(
+            ENTITLEMENT_CHANGES_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+
+    channel
         .queue_declare(
             DEAD_LETTER_QUEUE.into(),
             durable_queue,

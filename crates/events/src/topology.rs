@@ -26,6 +26,10 @@ pub const DEAD_LETTER_QUEUE: &str = "tollgate.dead-letter";
 /// its consumer never gets to say why (e.g. it crashes on it every time).
 pub const BILLING_DELIVERY_LIMIT: i64 = 10;
 
+/// Fanout exchange billing's outbox relay publishes entitlement changes to; each
+/// entitlements replica binds a queue of its own.
+pub const ENTITLEMENT_CHANGES_EXCHANGE: &str = "tollgate.entitlements.changes";
+
 /// Delay queues for transient failures (e.g. the database is down): billing
 /// publishes the message to the queue for its attempt; when the TTL expires the
 /// broker dead-letters it back onto the billing queue through the default

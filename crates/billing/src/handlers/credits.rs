@@ -48,6 +48,7 @@ pub async fn add_entry(
         .bind(delta)
         .execute(&mut **tx)
         .await?;
+        crate::outbox::emit(tx, customer_id, "credits").await?;
     }
     Ok(inserted)
 }

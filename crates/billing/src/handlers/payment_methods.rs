@@ -152,5 +152,6 @@ pub async fn entitlement_summary(
     .bind(&envelope.id)
     .execute(&mut **tx)
     .await?;
+    crate::outbox::emit(tx, customer_id, "features").await?;
     Ok(Applied::Processed)
 }

@@ -21,6 +21,8 @@ pub struct TestBilling {
     pub publisher: Publisher,
     pub db_proxy: Option<TcpProxy>,
     pub instances: Vec<(Stopper, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    database_url: String,
+    max_attempts: u32,
 }
 
 pub struct Options {
@@ -51,12 +53,43 @@ pub async fn spawn_billing(options: Options) -> TestBilling {
         Some(proxy) => db.url_via(&proxy.addr()),
         None => db.url(),
     };
-    let mut instances = Vec::new();
+    let pool = db.pool().await;
+    let publisher = Publisher::start(PublisherConfig {
+        url: vhost.amqp_url(),
+        connection_name: "test-publisher".into(),
+        channels: 1,
+        confirm_timeout: Duration::from_secs(5),
+        declare_topology: true,
+    });
+    assert!(publisher.wait_ready(Duration::from_secs(10)).await);
+    let mut billing = TestBilling {
+        _db: db,
+        vhost,
+        pool,
+        publisher,
+        db_proxy,
+        database_url,
+        max_attempts: options.max_attempts,
+        instances: Vec::new(),
+    };
     for _ in 0..options.instances {
+        billing.start_instance().await;
+    }
+    billing
+}
+
+impl TestBilling {
+    /// The URL billing instances use (through the proxy when there is one).
+    pub fn database_url(&self) -> String {
+        self.database_url.clone()
+    }
+
+    /// Starts one more billing process (in-process) on this database and vhost.
+    pub async fn start_instance(&mut self) {
         let env = Env::from_pairs([
-            ("DATABASE_URL", database_url.clone()),
-            ("AMQP_URL", vhost.amqp_url()),
-            ("BILLING_MAX_ATTEMPTS", options.max_attempts.to_string()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("AMQP_URL", self.vhost.amqp_url()),
+            ("BILLING_MAX_ATTEMPTS", self.max_attempts.to_string()),
             ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
             ("TOLLGATE_PLANS", plans_path()),
         ]);
@@ -68,28 +101,10 @@ pub async fn spawn_billing(options: Options) -> TestBilling {
             "billing consuming"
         );
         let stopper = app.stopper();
-        instances.push((stopper, tokio::spawn(app.run_until_stopped())));
+        self.instances
+            .push((stopper, tokio::spawn(app.run_until_stopped())));
     }
-    let pool = db.pool().await;
-    let publisher = Publisher::start(PublisherConfig {
-        url: vhost.amqp_url(),
-        connection_name: "test-publisher".into(),
-        channels: 1,
-        confirm_timeout: Duration::from_secs(5),
-        declare_topology: true,
-    });
-    assert!(publisher.wait_ready(Duration::from_secs(10)).await);
-    TestBilling {
-        _db: db,
-        vhost,
-        pool,
-        publisher,
-        db_proxy,
-        instances,
-    }
-}
 
-impl TestBilling {
     /// Publishes `body` as ingest would.
     pub async fn publish_event(&self, id: &str, event_type: &str, body: &[u8]) {
         let properties = BasicProperties::default()

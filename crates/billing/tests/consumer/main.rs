@@ -7,4 +7,5 @@ mod credits;
 mod delivery;
 mod failures;
 mod invoices;
+mod outbox;
 mod subscriptions;
