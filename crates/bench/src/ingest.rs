@@ -37,7 +37,9 @@ impl Options {
             ingest_bin: None,
         };
         while let Some(flag) = args.next() {
-            let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--concurrency" => options.concurrency = value.parse()?,
                 "--seconds" => options.seconds = value.parse()?,
@@ -73,7 +75,10 @@ fn ingest_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         None => std::env::current_exe()?.with_file_name("ingest"),
     };
     if !path.exists() {
-        bail!("{} not found: build it (make bench-ingest does)", path.display());
+        bail!(
+            "{} not found: build it (make bench-ingest does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -99,7 +104,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let mut channels = Vec::new();
         for _ in 0..4 {
             let channel = connection.create_channel().await?;
-            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
             channels.push(channel);
         }
         channels
@@ -120,13 +127,49 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut ingest_phases = Vec::new();
     let mut ratios = Vec::new();
     // Warm-up so neither side pays for connection set-up or JIT-like first-touch costs.
-    let _ = raw_phase(&channels, &template, digits_at, &ids, options.concurrency, Duration::from_secs(1)).await;
-    let _ = http_phase(port, &template, digits_at, &ids, options.concurrency, Duration::from_secs(1)).await;
+    let _ = raw_phase(
+        &channels,
+        &template,
+        digits_at,
+        &ids,
+        options.concurrency,
+        Duration::from_secs(1),
+    )
+    .await;
+    let _ = http_phase(
+        port,
+        &template,
+        digits_at,
+        &ids,
+        options.concurrency,
+        Duration::from_secs(1),
+    )
+    .await;
     for round in 1..=options.rounds {
-        admin.queue_purge(BILLING_QUEUE.into(), QueuePurgeOptions::default()).await?;
-        let raw = raw_phase(&channels, &template, digits_at, &ids, options.concurrency, duration).await;
-        admin.queue_purge(BILLING_QUEUE.into(), QueuePurgeOptions::default()).await?;
-        let ingest = http_phase(port, &template, digits_at, &ids, options.concurrency, duration).await;
+        admin
+            .queue_purge(BILLING_QUEUE.into(), QueuePurgeOptions::default())
+            .await?;
+        let raw = raw_phase(
+            &channels,
+            &template,
+            digits_at,
+            &ids,
+            options.concurrency,
+            duration,
+        )
+        .await;
+        admin
+            .queue_purge(BILLING_QUEUE.into(), QueuePurgeOptions::default())
+            .await?;
+        let ingest = http_phase(
+            port,
+            &template,
+            digits_at,
+            &ids,
+            options.concurrency,
+            duration,
+        )
+        .await;
         let ratio = ingest.rate() / raw.rate();
         println!(
             "round {round}: raw publish+confirm {:>8.0}/s (p99 {:.2} ms) | ingest {:>8.0}/s (p99 {:.2} ms, {} errors) | ratio {:.2}",
@@ -141,7 +184,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         raw_phases.push(raw);
         ingest_phases.push(ingest);
     }
-    admin.queue_purge(BILLING_QUEUE.into(), QueuePurgeOptions::default()).await?;
+    admin
+        .queue_purge(BILLING_QUEUE.into(), QueuePurgeOptions::default())
+        .await?;
     let raw = Phase::merge(&raw_phases);
     let ingest = Phase::merge(&ingest_phases);
     let ratio = median(ratios);
@@ -169,7 +214,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_ready(port: u16) -> anyhow::Result<()> {
@@ -207,7 +254,12 @@ async fn raw_phase(
             let mut body = template.to_vec();
             let ids = ids.clone();
             tokio::spawn(async move {
-                let mut phase = Phase { ok: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+                let mut phase = Phase {
+                    ok: 0,
+                    errors: 0,
+                    elapsed: Duration::ZERO,
+                    latencies_us: Vec::new(),
+                };
                 while Instant::now() < deadline {
                     let n = ids.fetch_add(1, Ordering::Relaxed);
                     stamp_id(&mut body, digits_at, n);
@@ -223,7 +275,10 @@ async fn raw_phase(
                         .basic_publish(
                             EVENTS_EXCHANGE.into(),
                             "invoice.paid".into(),
-                            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..BasicPublishOptions::default()
+                            },
                             &body,
                             properties,
                         )
@@ -344,7 +399,8 @@ async fn read_response(stream: &mut TcpStream, buffer: &mut [u8]) -> Option<u16>
                 .lines()
                 .find_map(|l| {
                     let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
                 })
                 .unwrap_or(0);
             let total = end + 4 + length;

@@ -29,7 +29,10 @@ impl Phase {
             ok: phases.iter().map(|p| p.ok).sum(),
             errors: phases.iter().map(|p| p.errors).sum(),
             elapsed: phases.iter().map(|p| p.elapsed).sum(),
-            latencies_us: phases.iter().flat_map(|p| p.latencies_us.iter().copied()).collect(),
+            latencies_us: phases
+                .iter()
+                .flat_map(|p| p.latencies_us.iter().copied())
+                .collect(),
         }
     }
 }
