@@ -57,6 +57,20 @@ pub async fn link_user(
     Ok(())
 }
 
+/// `recompute_access` for a change a Stripe event made.
+pub async fn recompute_after_event(
+    tx: &mut Tx,
+    plans: &Plans,
+    customer_id: uuid::Uuid,
+    envelope: &tollgate_events::EventEnvelope,
+) -> Result<(), ProcessError> {
+    let trigger = Trigger {
+        source: "stripe_webhook",
+        stripe_event_id: Some(&envelope.id),
+    };
+    recompute_access(tx, plans, customer_id, trigger).await
+}
+
 /// What triggered an access recomputation (written to the audit log).
 pub struct Trigger<'a> {
     pub source: &'static str,

@@ -297,6 +297,11 @@ impl Invoice {
     }
 }
 
+/// A Stripe timestamp (unix seconds) as a database timestamp.
+pub fn at(seconds: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
+    seconds.and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+}
+
 /// `data.object` of an event, decoded as `T`; a known type we cannot decode is poison.
 pub fn object<T: serde::de::DeserializeOwned>(
     payload: &serde_json::Value,

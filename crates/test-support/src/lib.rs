@@ -3,6 +3,7 @@
 //! that can cut a service off from its broker, and real Stripe payloads signed
 //! the way Stripe signs them.
 
+pub mod amqp;
 pub mod fixtures;
 pub mod postgres;
 pub mod proxy;

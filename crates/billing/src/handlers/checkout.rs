@@ -4,7 +4,7 @@ use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 
 use super::subscriptions::PROVISIONAL_RANK;
-use crate::customers::{self, Trigger, Tx};
+use crate::customers::{self, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::stripe::{self, CheckoutSession};
@@ -58,15 +58,6 @@ pub async fn completed(
         .execute(&mut **tx)
         .await?;
     }
-    customers::recompute_access(
-        tx,
-        plans,
-        customer_id,
-        Trigger {
-            source: "stripe_webhook",
-            stripe_event_id: Some(&envelope.id),
-        },
-    )
-    .await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
     Ok(Applied::Processed)
 }

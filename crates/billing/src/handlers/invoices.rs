@@ -2,14 +2,13 @@
 //! transaction history in step with it, then derive access (a failed payment
 //! revokes at once, a paid invoice restores).
 
-use chrono::{DateTime, Utc};
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 
-use crate::customers::{self, Trigger, Tx};
+use crate::customers::{self, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
-use crate::stripe::{self, Invoice};
+use crate::stripe::{self, Invoice, at};
 
 fn status_rank(status: &str) -> i32 {
     match status {
@@ -32,10 +31,6 @@ fn type_rank(event_type: &str) -> i32 {
 /// Same-second tie-breaker for invoice snapshots (docs/billing-state.md).
 pub fn snapshot_rank(status: &str, event_type: &str) -> i32 {
     status_rank(status) * 4 + type_rank(event_type)
-}
-
-fn at(seconds: Option<i64>) -> Option<DateTime<Utc>> {
-    seconds.and_then(|s| DateTime::from_timestamp(s, 0))
 }
 
 pub async fn snapshot(
@@ -96,16 +91,7 @@ pub async fn snapshot(
     .execute(&mut **tx)
     .await?;
     sync_transaction(tx, customer_id, &invoice.id).await?;
-    customers::recompute_access(
-        tx,
-        plans,
-        customer_id,
-        Trigger {
-            source: "stripe_webhook",
-            stripe_event_id: Some(&envelope.id),
-        },
-    )
-    .await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
     Ok(Applied::Processed)
 }
 

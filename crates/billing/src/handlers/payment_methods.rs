@@ -3,7 +3,7 @@
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 
-use crate::customers::{self, Trigger, Tx};
+use crate::customers::{self, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::stripe::{self, Customer, EntitlementSummary, PaymentMethod};
@@ -109,16 +109,7 @@ pub async fn customer(
     .bind(&envelope.id)
     .execute(&mut **tx)
     .await?;
-    customers::recompute_access(
-        tx,
-        plans,
-        customer_id,
-        Trigger {
-            source: "stripe_webhook",
-            stripe_event_id: Some(&envelope.id),
-        },
-    )
-    .await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
     Ok(Applied::Processed)
 }
 

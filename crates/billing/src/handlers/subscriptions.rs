@@ -1,13 +1,12 @@
 //! `customer.subscription.*`: store the snapshot if it is the latest, then derive access.
 
-use chrono::{DateTime, Utc};
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 
-use crate::customers::{self, Trigger, Tx};
+use crate::customers::{self, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
-use crate::stripe::{self, Subscription};
+use crate::stripe::{self, Subscription, at};
 
 /// Same-second tie-breaker: later lifecycle states rank higher (docs/billing-state.md).
 pub fn status_rank(status: &str) -> i32 {
@@ -36,10 +35,6 @@ pub const PROVISIONAL_RANK: i32 = -1;
 
 pub fn snapshot_rank(status: &str, event_type: &str) -> i32 {
     status_rank(status) * 4 + type_rank(event_type)
-}
-
-fn at(seconds: Option<i64>) -> Option<DateTime<Utc>> {
-    seconds.and_then(|s| DateTime::from_timestamp(s, 0))
 }
 
 pub async fn snapshot(
@@ -94,16 +89,7 @@ pub async fn snapshot(
     .bind(&envelope.id)
     .execute(&mut **tx)
     .await?;
-    customers::recompute_access(
-        tx,
-        plans,
-        customer_id,
-        Trigger {
-            source: "stripe_webhook",
-            stripe_event_id: Some(&envelope.id),
-        },
-    )
-    .await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
     Ok(Applied::Processed)
 }
 

@@ -1,10 +1,9 @@
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use tollgate_broker::lapin;
 use tollgate_events::topology::{BILLING_QUEUE, DEAD_LETTER_QUEUE};
+use tollgate_test_support::amqp;
 
 use crate::helpers::*;
 
@@ -21,26 +20,8 @@ async fn a_poison_message_is_dead_lettered_with_its_error_and_others_keep_flowin
 
     // The dead-letter queue holds the poison message, byte for byte, with its error.
     let broker = billing.broker().await;
-    let channel = broker.create_channel().await.unwrap();
-    let mut dead = channel
-        .basic_consume(
-            DEAD_LETTER_QUEUE.into(),
-            "test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(10), dead.next())
-        .await
-        .expect("dead letter within 10 s")
-        .unwrap()
-        .unwrap();
-    delivery
-        .acker
-        .ack(BasicAckOptions::default())
-        .await
-        .unwrap();
+    let (_channel, mut dead) = amqp::consume(&broker, DEAD_LETTER_QUEUE).await;
+    let delivery = amqp::next_delivery(&mut dead, Duration::from_secs(10)).await;
     assert_eq!(delivery.data, b"this is not an event");
     assert_eq!(delivery.routing_key.as_str(), "invoice.paid");
     let headers = delivery.properties.headers().clone().unwrap();
@@ -139,21 +120,8 @@ async fn an_event_out_of_attempts_is_dead_lettered() {
     let (id, body) = event("charge.captured");
     billing.publish_event(&id, "charge.captured", &body).await;
     let broker = billing.broker().await;
-    let channel = broker.create_channel().await.unwrap();
-    let mut dead = channel
-        .basic_consume(
-            DEAD_LETTER_QUEUE.into(),
-            "test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(15), dead.next())
-        .await
-        .expect("dead letter within 15 s")
-        .unwrap()
-        .unwrap();
+    let (_channel, mut dead) = amqp::consume(&broker, DEAD_LETTER_QUEUE).await;
+    let delivery = amqp::next_delivery(&mut dead, Duration::from_secs(15)).await;
     assert_eq!(
         delivery.properties.message_id().as_ref().unwrap().as_str(),
         id

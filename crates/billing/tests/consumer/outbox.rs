@@ -3,73 +3,33 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
 use tollgate_billing::{Application, Config};
 use tollgate_broker::lapin;
 use tollgate_events::topology::ENTITLEMENT_CHANGES_EXCHANGE;
 use tollgate_runtime::Env;
+use tollgate_test_support::amqp;
 
 use crate::helpers::*;
 use crate::subscriptions::{T0, deliver, settle, subscription_event};
 
-async fn changes_tap(billing: &TestBilling) -> (lapin::Connection, lapin::Consumer) {
+async fn changes_tap(
+    billing: &TestBilling,
+) -> (lapin::Connection, lapin::Channel, lapin::Consumer) {
     let connection = billing.broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            ENTITLEMENT_CHANGES_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "tap".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (connection, consumer)
+    let (channel, consumer) = amqp::tap(&connection, ENTITLEMENT_CHANGES_EXCHANGE, "").await;
+    (connection, channel, consumer)
 }
 
 async fn next_change(consumer: &mut lapin::Consumer) -> Value {
-    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("a change within 10 s")
-        .unwrap()
-        .unwrap();
-    delivery
-        .acker
-        .ack(BasicAckOptions::default())
-        .await
-        .unwrap();
+    let delivery = amqp::next_delivery(consumer, Duration::from_secs(10)).await;
     serde_json::from_slice(&delivery.data).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_access_change_is_announced_once_in_version_order() {
     let mut billing = spawn_billing(Options::default()).await;
-    let (_connection, mut changes) = changes_tap(&billing).await;
+    let (_connection, _channel, mut changes) = changes_tap(&billing).await;
     let (sub, cus) = ("sub_outbox", "cus_outbox");
     deliver(
         &billing,
@@ -135,7 +95,7 @@ async fn changes_committed_by_a_process_that_died_before_relaying_are_announced_
         ..Options::default()
     })
     .await;
-    let (_connection, mut changes) = changes_tap(&billing).await;
+    let (_connection, _channel, mut changes) = changes_tap(&billing).await;
     let silent = Application::build(
         Config::from_env(&Env::from_pairs([
             ("DATABASE_URL", billing.database_url()),

@@ -1,13 +1,10 @@
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tollgate_events::topology::EVENTS_EXCHANGE;
 use tollgate_ingest::{Application, Config};
 use tollgate_runtime::Env;
-use tollgate_test_support::{TcpProxy, TestVhost, signed_headers};
+use tollgate_test_support::{TcpProxy, TestVhost, amqp, signed_headers};
 
 pub const SECRET: &str = "whsec_test_primary";
 pub const INVOICE_PAID: &str = "complete/invoice.paid.stripe-sync-engine.json";
@@ -131,57 +128,14 @@ impl TestApp {
     }
 }
 
-/// A fresh exclusive queue bound to the events exchange for every routing key,
-/// consumed by the test. Declared before events are sent.
+/// A tap on the events exchange for every routing key (see `tollgate_test_support::amqp`).
 pub async fn tap(connection: &Connection) -> (Channel, Consumer) {
-    let channel = connection.create_channel().await.expect("channel");
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("tap queue");
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            EVENTS_EXCHANGE.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("tap binding");
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "tap".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("tap consumer");
-    (channel, consumer)
+    amqp::tap(connection, EVENTS_EXCHANGE, "#").await
 }
 
 /// Next message on the tap, acknowledged; panics after 10 s.
 pub async fn next_delivery(consumer: &mut Consumer) -> lapin::message::Delivery {
-    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("a message arrives within 10 s")
-        .expect("consumer open")
-        .expect("delivery ok");
-    delivery
-        .acker
-        .ack(BasicAckOptions::default())
-        .await
-        .expect("ack");
-    delivery
+    amqp::next_delivery(consumer, Duration::from_secs(10)).await
 }
 
 /// Polls `path` until it answers `status`, for up to 15 s.
