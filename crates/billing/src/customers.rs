@@ -105,6 +105,16 @@ pub async fn recompute_access(
     .fetch_all(&mut **tx)
     .await?;
     let (status, tier) = derive_access(plans, &subscriptions);
+    let disputed: bool =
+        sqlx::query_scalar("SELECT disputed_at IS NOT NULL FROM customers WHERE id = $1")
+            .bind(customer_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let (status, tier) = if disputed && plans.policy().revoke_on_dispute {
+        ("disputed".to_string(), plans.default_tier().to_string())
+    } else {
+        (status, tier)
+    };
 
     let (previous_status, previous_tier): (String, Option<String>) =
         sqlx::query_as("SELECT access_status, tier FROM customers WHERE id = $1")

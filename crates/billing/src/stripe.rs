@@ -258,6 +258,19 @@ pub struct Invoice {
     pub period_end: Option<i64>,
     #[serde(default)]
     pub status_transitions: Option<StatusTransitions>,
+    /// Before 2025 API versions; later versions list payments separately.
+    #[serde(default)]
+    pub payment_intent: Option<Expandable>,
+    #[serde(default)]
+    pub charge: Option<Expandable>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Dispute {
+    pub id: String,
+    pub charge: Expandable,
+    #[serde(default)]
+    pub payment_intent: Option<Expandable>,
 }
 
 #[derive(Debug, Deserialize)]

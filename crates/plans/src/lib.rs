@@ -63,10 +63,21 @@ pub struct Price {
     pub plan: String,
 }
 
+/// Access rules that are not about tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Revoke access while a payment of the customer is disputed (chargeback).
+    #[serde(default)]
+    pub revoke_on_dispute: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlansFile {
     default_tier: String,
+    #[serde(default)]
+    policy: Policy,
     #[serde(default)]
     features: BTreeMap<String, Feature>,
     tiers: BTreeMap<String, Tier>,
@@ -98,6 +109,7 @@ pub enum PlansError {
 #[derive(Debug, Clone)]
 pub struct Plans {
     default_tier: String,
+    policy: Policy,
     features: BTreeMap<String, Feature>,
     tiers: BTreeMap<String, Tier>,
     resolved: BTreeMap<String, ResolvedTier>,
@@ -164,11 +176,16 @@ impl Plans {
         }
         Ok(Self {
             default_tier: file.default_tier,
+            policy: file.policy,
             features: file.features,
             tiers: file.tiers,
             resolved,
             prices,
         })
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// The tier of users without a paying subscription.
@@ -252,6 +269,7 @@ mod tests {
     fn the_free_pro_plus_enterprise_scheme() {
         let plans = shipped("plans.toml");
         assert_eq!(plans.default_tier(), "free");
+        assert!(!plans.policy().revoke_on_dispute);
         assert_eq!(plans.tier_for_price("price_pro_monthly"), "pro");
         assert_eq!(plans.tier_for_price("price_unknown"), "free");
         assert!(
@@ -278,6 +296,7 @@ mod tests {
     fn the_visitor_subscriber_paid_scheme() {
         let plans = shipped("plans.visitor-subscriber-paid.toml");
         assert_eq!(plans.default_tier(), "visitor");
+        assert!(plans.policy().revoke_on_dispute);
         assert!(plans.tier_has_feature("visitor", "content.public"));
         assert!(plans.tier_has_feature("subscriber", "docs.read"));
         assert!(plans.tier_has_feature("subscriber", "scripts.download"));

@@ -52,8 +52,9 @@ pub async fn snapshot(
         "INSERT INTO invoices (stripe_invoice_id, stripe_customer_id, stripe_subscription_id, status, number, billing_reason,
                                currency, amount_due, amount_paid, amount_remaining, attempted, attempt_count,
                                hosted_invoice_url, invoice_pdf, invoice_created, period_start, period_end, paid_at,
-                               snapshot_created, snapshot_rank, snapshot_event_id)
-         VALUES ($1, $2, $3, $4, $5, $6, lower($7), $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+                               snapshot_created, snapshot_rank, snapshot_event_id, payment_intent, charge)
+         VALUES ($1, $2, $3, $4, $5, $6, lower($7), $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                 $22, $23)
          ON CONFLICT (stripe_invoice_id) DO UPDATE SET
              stripe_subscription_id = EXCLUDED.stripe_subscription_id, status = EXCLUDED.status,
              number = EXCLUDED.number, billing_reason = EXCLUDED.billing_reason, currency = EXCLUDED.currency,
@@ -63,7 +64,9 @@ pub async fn snapshot(
              invoice_pdf = EXCLUDED.invoice_pdf, invoice_created = EXCLUDED.invoice_created,
              period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end, paid_at = EXCLUDED.paid_at,
              snapshot_created = EXCLUDED.snapshot_created, snapshot_rank = EXCLUDED.snapshot_rank,
-             snapshot_event_id = EXCLUDED.snapshot_event_id, updated_at = now()
+             snapshot_event_id = EXCLUDED.snapshot_event_id,
+             payment_intent = COALESCE(EXCLUDED.payment_intent, invoices.payment_intent),
+             charge = COALESCE(EXCLUDED.charge, invoices.charge), updated_at = now()
            WHERE (invoices.snapshot_created, invoices.snapshot_rank, invoices.snapshot_event_id)
                < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank, EXCLUDED.snapshot_event_id)",
     )
@@ -88,6 +91,8 @@ pub async fn snapshot(
     .bind(envelope.created)
     .bind(snapshot_rank(&status, &envelope.event_type))
     .bind(&envelope.id)
+    .bind(invoice.payment_intent.as_ref().map(|p| p.id()))
+    .bind(invoice.charge.as_ref().map(|c| c.id()))
     .execute(&mut **tx)
     .await?;
     sync_transaction(tx, customer_id, &invoice.id).await?;

@@ -2,6 +2,7 @@
 
 mod checkout;
 pub mod credits;
+mod disputes;
 mod invoices;
 mod payment_methods;
 mod subscriptions;
@@ -26,6 +27,7 @@ pub async fn apply(
             credits::checkout_payment(tx, envelope, payload).await
         }
         "charge.refunded" => credits::refund(tx, envelope, payload).await,
+        "charge.dispute.created" => disputes::created(tx, plans, envelope, payload).await,
         "payment_method.attached"
         | "payment_method.detached"
         | "payment_method.updated"

@@ -12,6 +12,8 @@ async fn every_real_event_is_stored_once_even_when_delivered_twice() {
         std::fs::read_dir(tollgate_test_support::fixtures::fixtures_dir().join("complete"))
             .unwrap()
             .map(|e| format!("complete/{}", e.unwrap().file_name().to_string_lossy()))
+            // A dispute waits (retries) until its payment is known: see disputes.rs.
+            .filter(|f| !f.contains("charge.dispute.created"))
             .collect();
     let mut ids = Vec::new();
     for fixture in &fixtures {
@@ -46,13 +48,9 @@ async fn every_real_event_is_stored_once_even_when_delivered_twice() {
             .await
             .unwrap();
         assert_eq!(&stored_type, event_type);
-        // Not acted on (yet): disputes, refund objects, and a payment-mode checkout
+        // Not acted on: refund objects, and a payment-mode checkout
         // that is not one of our credit top-ups (no `credits` metadata).
-        let ignored = [
-            "charge.dispute.created",
-            "refund.created",
-            "checkout.session.completed",
-        ];
+        let ignored = ["refund.created", "checkout.session.completed"];
         let expected = if ignored.contains(&event_type.as_str()) {
             "ignored"
         } else {

@@ -23,10 +23,13 @@ pub struct TestBilling {
     pub instances: Vec<(Stopper, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     database_url: String,
     max_attempts: u32,
+    plans_path: String,
 }
 
 pub struct Options {
     pub instances: usize,
+    /// Another plans file than config/plans.toml.
+    pub plans_path: Option<String>,
     pub db_via_proxy: bool,
     pub max_attempts: u32,
 }
@@ -35,6 +38,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             instances: 1,
+            plans_path: None,
             db_via_proxy: false,
             max_attempts: 6,
         }
@@ -70,6 +74,7 @@ pub async fn spawn_billing(options: Options) -> TestBilling {
         db_proxy,
         database_url,
         max_attempts: options.max_attempts,
+        plans_path: options.plans_path.unwrap_or_else(plans_path),
         instances: Vec::new(),
     };
     for _ in 0..options.instances {
@@ -91,7 +96,7 @@ impl TestBilling {
             ("AMQP_URL", self.vhost.amqp_url()),
             ("BILLING_MAX_ATTEMPTS", self.max_attempts.to_string()),
             ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
-            ("TOLLGATE_PLANS", plans_path()),
+            ("TOLLGATE_PLANS", self.plans_path.clone()),
         ]);
         let app = Application::build(Config::from_env(&env).unwrap())
             .await

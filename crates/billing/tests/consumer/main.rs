@@ -5,6 +5,7 @@ mod helpers;
 
 mod credits;
 mod delivery;
+mod disputes;
 mod failures;
 mod invoices;
 mod outbox;
