@@ -77,6 +77,10 @@ struct Session {
     connection: Connection,
     channels: Vec<Channel>,
     next: AtomicUsize,
+    /// A publish saw this session fail: reconnect now, do not wait for the
+    /// heartbeat. Per session, so a late signal about an old session can never
+    /// tear down its replacement.
+    broken: Notify,
 }
 
 impl Session {
@@ -89,8 +93,6 @@ impl Session {
 struct Inner {
     config: PublisherConfig,
     session: watch::Sender<Option<Arc<Session>>>,
-    /// A publish saw the current session fail: reconnect now, do not wait for the heartbeat.
-    broken: Notify,
     stop: watch::Sender<bool>,
 }
 
@@ -111,7 +113,6 @@ impl Publisher {
         let inner = Arc::new(Inner {
             config,
             session: watch::Sender::new(None),
-            broken: Notify::new(),
             stop: watch::Sender::new(false),
         });
         tokio::spawn(supervise(inner.clone()));
@@ -130,7 +131,12 @@ impl Publisher {
     /// Waits until connected, or until `timeout` passes; returns whether connected.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let mut rx = self.inner.session.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+        // A lost session stays in place until the supervisor swaps it: wait for a live one.
+        let live = |s: &Option<Arc<Session>>| {
+            s.as_ref()
+                .is_some_and(|s| s.connection.status().connected())
+        };
+        tokio::time::timeout(timeout, rx.wait_for(live))
             .await
             .is_ok_and(|r| r.is_ok())
     }
@@ -237,11 +243,8 @@ impl Publisher {
         }
     }
 
-    fn mark_broken(&self, session: &Arc<Session>) {
-        let current = self.inner.session.borrow().clone();
-        if current.is_some_and(|c| Arc::ptr_eq(&c, session)) {
-            self.inner.broken.notify_one();
-        }
+    fn mark_broken(&self, session: &Session) {
+        session.broken.notify_one();
     }
 
     /// Stops reconnecting and closes the connection. Call after in-flight
@@ -275,6 +278,7 @@ async fn open_session(config: &PublisherConfig) -> Result<(Arc<Session>, Events)
         connection,
         channels,
         next: AtomicUsize::new(0),
+        broken: Notify::new(),
     });
     Ok((session, events))
 }
@@ -307,7 +311,7 @@ async fn supervise(inner: Arc<Inner>) {
                         warn!(broker = %target, error = %reason, "broker connection lost; reconnecting");
                         false
                     }
-                    () = inner.broken.notified() => {
+                    () = session.broken.notified() => {
                         warn!(broker = %target, "publish failed on the connection; reconnecting");
                         false
                     }
