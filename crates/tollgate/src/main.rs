@@ -11,6 +11,11 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage:
+  tollgate dead-letters list [--all]
+  tollgate dead-letters show <id>
+  tollgate dead-letters replay <id> [--by NAME]
+      Events billing gave up on (DATABASE_URL; replay also needs AMQP_URL).
+      Replay puts one back on the billing queue after its cause is fixed.
   tollgate trigger <event type> [--url URL] [--livemode] [--count N]
       Sign a sample Stripe event and send it to ingest.
       URL defaults to $INGEST_URL, else http://127.0.0.1:8080/webhook.
@@ -23,6 +28,7 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("trigger") => trigger::run(&args[1..]).await,
+        Some("dead-letters") => dead_letters_command(&args[1..]).await,
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -36,4 +42,81 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn dead_letters_command(args: &[String]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tollgate::dead_letters;
+
+    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let id = |position: usize| -> anyhow::Result<i64> {
+        args.get(position)
+            .context("which dead letter? (tollgate dead-letters list)")?
+            .parse()
+            .context("a dead letter id is a number")
+    };
+    match args.first().map(String::as_str) {
+        Some("list") => {
+            let all = args.iter().any(|a| a == "--all");
+            println!(
+                "{:>6}  {:<25}  {:<32}  {:<30}  {:>8}  {:<9}  error",
+                "id", "created", "event", "type", "attempts", "status"
+            );
+            for letter in dead_letters::list(&pool, all).await? {
+                let error: String = letter.error.chars().take(80).collect();
+                println!(
+                    "{:>6}  {:<25}  {:<32}  {:<30}  {:>8}  {:<9}  {error}",
+                    letter.id,
+                    letter.created_at.to_rfc3339(),
+                    letter.event_id.as_deref().unwrap_or("-"),
+                    letter.event_type.as_deref().unwrap_or(&letter.routing_key),
+                    letter.attempts,
+                    letter.resolution,
+                );
+            }
+        }
+        Some("show") => {
+            let letter = dead_letters::get(&pool, id(1)?).await?;
+            println!("id:          {}", letter.id);
+            println!("event:       {}", letter.event_id.as_deref().unwrap_or("-"));
+            println!(
+                "type:        {}",
+                letter.event_type.as_deref().unwrap_or("-")
+            );
+            println!("routing key: {}", letter.routing_key);
+            println!("attempts:    {}", letter.attempts);
+            println!("status:      {}", letter.resolution);
+            println!("created:     {}", letter.created_at.to_rfc3339());
+            if let Some(at) = letter.resolved_at {
+                println!(
+                    "resolved:    {} by {}",
+                    at.to_rfc3339(),
+                    letter.resolved_by.as_deref().unwrap_or("?")
+                );
+            }
+            println!("error:       {}", letter.error);
+            println!("payload:");
+            match serde_json::from_slice::<serde_json::Value>(&letter.payload) {
+                Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
+                Err(_) => println!("{}", String::from_utf8_lossy(&letter.payload)),
+            }
+        }
+        Some("replay") => {
+            let amqp_url = std::env::var("AMQP_URL").context("AMQP_URL must be set")?;
+            let by = match args.iter().position(|a| a == "--by") {
+                Some(i) => args.get(i + 1).context("--by needs a name")?.clone(),
+                None => std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+            };
+            let id = id(1)?;
+            dead_letters::replay(&pool, &amqp_url, id, &by).await?;
+            println!("dead letter {id} replayed onto the billing queue");
+        }
+        _ => anyhow::bail!("{USAGE}"),
+    }
+    Ok(())
 }

@@ -1,0 +1,3 @@
+//! The `tollgate` operator commands, as a library the binary and the tests drive.
+
+pub mod dead_letters;
