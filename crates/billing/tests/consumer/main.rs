@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod crash;
 mod credits;
 mod delivery;
 mod disputes;
