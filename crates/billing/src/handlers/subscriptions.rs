@@ -89,8 +89,97 @@ pub async fn snapshot(
     .bind(&envelope.id)
     .execute(&mut **tx)
     .await?;
+    record_change(
+        tx,
+        plans,
+        envelope,
+        payload,
+        &subscription,
+        customer_id,
+        tier,
+    )
+    .await?;
     customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
     Ok(Applied::Processed)
+}
+
+/// The customer-visible history of plan changes. Derived from the event itself
+/// (its `previous_attributes`), not from stored state, and keyed by the event or
+/// the subscription, so it is written exactly once whatever the delivery order.
+async fn record_change(
+    tx: &mut Tx,
+    plans: &Plans,
+    envelope: &EventEnvelope,
+    payload: &serde_json::Value,
+    subscription: &Subscription,
+    customer_id: uuid::Uuid,
+    tier: &str,
+) -> Result<(), ProcessError> {
+    let previous = payload.pointer("/data/previous_attributes");
+    let canceled = envelope.event_type == "customer.subscription.deleted";
+    let cancel_requested = previous
+        .and_then(|p| p.get("cancel_at_period_end"))
+        .and_then(serde_json::Value::as_bool)
+        == Some(false)
+        && subscription.cancel_at_period_end == Some(true);
+    if canceled || cancel_requested {
+        let status = if canceled { "succeeded" } else { "pending" };
+        let description = if canceled {
+            "Subscription canceled"
+        } else {
+            "Cancels at period end"
+        };
+        // One per subscription; a request never overwrites the cancellation itself.
+        sqlx::query(
+            "INSERT INTO transactions (customer_id, kind, status, stripe_object_id, description, occurred_at)
+             VALUES ($1, 'cancel', $2, $3, $4, to_timestamp($5))
+             ON CONFLICT (kind, stripe_object_id) DO UPDATE SET
+                 status = CASE WHEN transactions.status = 'succeeded' THEN 'succeeded' ELSE EXCLUDED.status END,
+                 description = CASE WHEN transactions.status = 'succeeded' THEN transactions.description
+                                    ELSE EXCLUDED.description END,
+                 occurred_at = CASE WHEN transactions.status = 'succeeded' THEN transactions.occurred_at
+                                    ELSE EXCLUDED.occurred_at END,
+                 updated_at = now()",
+        )
+        .bind(customer_id)
+        .bind(status)
+        .bind(&subscription.id)
+        .bind(description)
+        .bind(envelope.created)
+        .execute(&mut **tx)
+        .await?;
+    }
+    // A price change: previous_attributes carries the old items (or, before 2025, the old plan).
+    let previous_price = previous.and_then(|p| {
+        p.pointer("/items/data/0/price/id")
+            .or_else(|| p.pointer("/plan/id"))
+            .and_then(serde_json::Value::as_str)
+    });
+    if let Some(previous_price) = previous_price {
+        let from = plans.tier_for_price(previous_price);
+        let rank = |t: &str| plans.tier(t).map_or(0, |t| t.rank);
+        let kind = match rank(tier).cmp(&rank(from)) {
+            std::cmp::Ordering::Greater => Some("upgrade"),
+            std::cmp::Ordering::Less => Some("downgrade"),
+            std::cmp::Ordering::Equal => None,
+        };
+        if let Some(kind) = kind {
+            let name = |t: &str| plans.tier(t).map_or(t.to_string(), |t| t.name.clone());
+            sqlx::query(
+                "INSERT INTO transactions (customer_id, kind, status, stripe_object_id, description, occurred_at)
+                 VALUES ($1, $2, 'succeeded', $3, $4, to_timestamp($5))
+                 ON CONFLICT (kind, stripe_object_id) DO NOTHING",
+            )
+            .bind(customer_id)
+            .bind(kind)
+            .bind(&envelope.id)
+            .bind(format!("{} → {}", name(from), name(tier)))
+            .bind(envelope.created)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

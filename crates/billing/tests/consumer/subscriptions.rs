@@ -379,3 +379,102 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
         items.swap(i, (state % (i as u64 + 1)) as usize);
     }
 }
+
+/// An `updated` event with `previous_attributes`, as Stripe sends plan changes.
+fn change_event(
+    id: &str,
+    created: i64,
+    status: &str,
+    price: &str,
+    previous: serde_json::Value,
+    cancel_at_period_end: bool,
+) -> (String, Vec<u8>) {
+    let (_, body) = subscription_event(
+        "customer.subscription.updated",
+        created,
+        "sub_hist",
+        "cus_hist",
+        status,
+        price,
+    );
+    let mut event: Value = serde_json::from_slice(&body).unwrap();
+    event["id"] = id.into();
+    event["data"]["object"]["cancel_at_period_end"] = cancel_at_period_end.into();
+    event["data"]["previous_attributes"] = previous;
+    (id.to_string(), serde_json::to_vec(&event).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_changes_and_cancellation_appear_once_in_the_history_whatever_the_order() {
+    let mut billing = spawn_billing(Options::default()).await;
+    let upgrade = change_event(
+        "evt_upgrade",
+        T0 + 10,
+        "active",
+        "price_pro_plus_monthly",
+        json!({ "items": { "data": [{ "price": { "id": "price_pro_monthly" } }] } }),
+        false,
+    );
+    let downgrade = change_event(
+        "evt_downgrade",
+        T0 + 20,
+        "active",
+        "price_pro_monthly",
+        json!({ "plan": { "id": "price_pro_plus_monthly" } }),
+        false,
+    );
+    let cancel_request = change_event(
+        "evt_cancel_request",
+        T0 + 30,
+        "active",
+        "price_pro_monthly",
+        json!({ "cancel_at_period_end": false }),
+        true,
+    );
+    let deleted = subscription_event(
+        "customer.subscription.deleted",
+        T0 + 40,
+        "sub_hist",
+        "cus_hist",
+        "canceled",
+        "price_pro_monthly",
+    );
+    // Newest first, and twice.
+    let events = [
+        deleted.clone(),
+        cancel_request.clone(),
+        downgrade.clone(),
+        upgrade.clone(),
+        deleted,
+        upgrade,
+    ];
+    deliver(&billing, &events).await;
+    settle(&billing, 4).await;
+    billing.stop().await;
+    let history: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT kind, status, description FROM transactions ORDER BY occurred_at, kind",
+    )
+    .fetch_all(&billing.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        history,
+        vec![
+            (
+                "upgrade".into(),
+                "succeeded".into(),
+                Some("Pro → Pro Plus".into())
+            ),
+            (
+                "downgrade".into(),
+                "succeeded".into(),
+                Some("Pro Plus → Pro".into())
+            ),
+            (
+                "cancel".into(),
+                "succeeded".into(),
+                Some("Subscription canceled".into())
+            ),
+        ]
+    );
+}
