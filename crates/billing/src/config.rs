@@ -23,6 +23,8 @@ pub struct Config {
     /// `BILLING_OUTBOX_RELAY`, default true: relay entitlement changes to RabbitMQ
     /// from this process (any number of processes may; one drains at a time).
     pub outbox_relay: bool,
+    /// `BILLING_PAYLOAD_RETENTION_DAYS`, default 90; 0 keeps payloads forever.
+    pub payload_retention_days: u32,
 }
 
 impl Config {
@@ -60,6 +62,7 @@ impl Config {
                 PathBuf::from(tollgate_plans::DEFAULT_PATH),
             )?,
             outbox_relay: env.flag("BILLING_OUTBOX_RELAY", true)?,
+            payload_retention_days: env.or("BILLING_PAYLOAD_RETENTION_DAYS", 90)?,
         })
     }
 }
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Config {
             .field("migrate", &self.migrate)
             .field("plans_path", &self.plans_path)
             .field("outbox_relay", &self.outbox_relay)
+            .field("payload_retention_days", &self.payload_retention_days)
             .finish()
     }
 }

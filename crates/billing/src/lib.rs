@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod ledger;
 pub mod outbox;
 pub mod process;
+pub mod retention;
 pub mod startup;
 pub mod stripe;
 

@@ -27,6 +27,18 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(?config, "starting billing");
             Application::build(config).await?.run_until_signal().await
         }
-        Some(other) => anyhow::bail!("unknown command `{other}` (commands: migrate)"),
+        // `billing retention`: drop old payloads once and exit (a CronJob).
+        Some("retention") => {
+            let days = u64::from(config.payload_retention_days.max(1));
+            let pool = db::pool(&config.database_url, 1)?;
+            let cleared = tollgate_billing::retention::drop_old_payloads(
+                &pool,
+                std::time::Duration::from_secs(days * 86_400),
+            )
+            .await?;
+            tracing::info!(cleared, days, "old event payloads dropped");
+            Ok(())
+        }
+        Some(other) => anyhow::bail!("unknown command `{other}` (commands: migrate, retention)"),
     }
 }

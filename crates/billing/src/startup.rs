@@ -20,6 +20,7 @@ pub struct Application {
     stop: watch::Sender<bool>,
     consumer: tokio::task::JoinHandle<()>,
     relay: Option<tokio::task::JoinHandle<()>>,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -62,6 +63,10 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
+        let retention = (config.payload_retention_days > 0).then(|| {
+            let age = Duration::from_secs(u64::from(config.payload_retention_days) * 86_400);
+            tokio::spawn(crate::retention::run(pool.clone(), age, stop_rx.clone()))
+        });
         let consumer = tokio::spawn(consumer.run(stop_rx));
         Ok(Self {
             pool,
@@ -70,6 +75,7 @@ impl Application {
             stop,
             consumer,
             relay,
+            retention,
         })
     }
 
@@ -96,6 +102,9 @@ impl Application {
         self.consumer.await.context("consumer task")?;
         if let Some(relay) = self.relay {
             relay.await.context("outbox relay task")?;
+        }
+        if let Some(retention) = self.retention {
+            retention.await.context("retention task")?;
         }
         self.publisher.close().await;
         self.pool.close().await;

@@ -10,4 +10,5 @@ mod disputes;
 mod failures;
 mod invoices;
 mod outbox;
+mod retention;
 mod subscriptions;
