@@ -14,13 +14,14 @@ export STRIPE_WEBHOOK_SECRET ?= whsec_local_development_only
 export INGEST_ADDR ?= 127.0.0.1:8080
 export LOG_FORMAT ?= text
 
-.PHONY: help services run test lint fmt build bench bench-ingest trigger
+.PHONY: help services run test lint fmt build bench bench-ingest bench-billing trigger
 
 help:
 	@echo "make run           bring up PostgreSQL, RabbitMQ, Redis and run the stack in the foreground"
 	@echo "make test          every test (sets up what it needs)"
 	@echo "make lint          rustfmt check and clippy -D warnings"
 	@echo "make bench-ingest  ingest throughput against the raw broker publish-confirm rate"
+	@echo "make bench-billing events applied per second against a pgbench baseline"
 	@echo "make trigger EVENT=invoice.paid   send a signed sample event to the running ingest"
 
 services:
@@ -42,11 +43,15 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-bench: bench-ingest
+bench: bench-ingest bench-billing
 
 bench-ingest: services
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/tollgate-bench ingest $(BENCH_ARGS)
+
+bench-billing: services
+	$(CARGO) build --release --workspace --bins
+	$(CARGO_TARGET_DIR)/release/tollgate-bench billing $(BENCH_ARGS)
 
 trigger:
 	@$(CARGO) run --quiet --bin tollgate -- trigger $(or $(EVENT),invoice.paid)

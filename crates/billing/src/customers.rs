@@ -14,15 +14,16 @@ pub async fn lock_or_create(
     tx: &mut Tx,
     stripe_customer_id: &str,
 ) -> Result<uuid::Uuid, ProcessError> {
-    sqlx::query("INSERT INTO customers (stripe_customer_id) VALUES ($1) ON CONFLICT (stripe_customer_id) DO NOTHING")
-        .bind(stripe_customer_id)
-        .execute(&mut **tx)
-        .await?;
-    let id =
-        sqlx::query_scalar("SELECT id FROM customers WHERE stripe_customer_id = $1 FOR UPDATE")
-            .bind(stripe_customer_id)
-            .fetch_one(&mut **tx)
-            .await?;
+    // One round trip: the no-op update takes the row lock and returns the id
+    // whether the row was just created or already there.
+    let id = sqlx::query_scalar(
+        "INSERT INTO customers (stripe_customer_id) VALUES ($1)
+         ON CONFLICT (stripe_customer_id) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id
+         RETURNING id",
+    )
+    .bind(stripe_customer_id)
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(id)
 }
 
@@ -105,22 +106,19 @@ pub async fn recompute_access(
     .fetch_all(&mut **tx)
     .await?;
     let (status, tier) = derive_access(plans, &subscriptions);
-    let disputed: bool =
-        sqlx::query_scalar("SELECT disputed_at IS NOT NULL FROM customers WHERE id = $1")
-            .bind(customer_id)
-            .fetch_one(&mut **tx)
-            .await?;
+    // The customer's current state, in one round trip.
+    let (disputed, previous_status, previous_tier): (bool, String, Option<String>) =
+        sqlx::query_as(
+            "SELECT disputed_at IS NOT NULL, access_status, tier FROM customers WHERE id = $1",
+        )
+        .bind(customer_id)
+        .fetch_one(&mut **tx)
+        .await?;
     let (status, tier) = if disputed && plans.policy().revoke_on_dispute {
         ("disputed".to_string(), plans.default_tier().to_string())
     } else {
         (status, tier)
     };
-
-    let (previous_status, previous_tier): (String, Option<String>) =
-        sqlx::query_as("SELECT access_status, tier FROM customers WHERE id = $1")
-            .bind(customer_id)
-            .fetch_one(&mut **tx)
-            .await?;
     if previous_status == status && previous_tier.as_deref() == Some(tier.as_str()) {
         return Ok(());
     }

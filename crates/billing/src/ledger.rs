@@ -32,7 +32,9 @@ impl Applied {
 
 /// Inserts the event row, or takes over a row left by an earlier failed
 /// attempt. Locks the row until the transaction ends, so a concurrent duplicate
-/// waits and then sees it applied.
+/// waits and then sees it applied. The row is written as `processed` at once:
+/// if anything fails the transaction rolls back and it was never written, so a
+/// second round trip to mark it is only needed for the rarer `ignored`.
 pub async fn claim(
     tx: &mut Transaction<'_, Postgres>,
     envelope: &EventEnvelope,
@@ -40,10 +42,12 @@ pub async fn claim(
     attempt: u32,
 ) -> Result<Claim, sqlx::Error> {
     let claimed: Option<String> = sqlx::query_scalar(
-        "INSERT INTO stripe_events (id, type, created, livemode, api_version, account, payload, status, attempts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'failed', $8)
+        "INSERT INTO stripe_events (id, type, created, livemode, api_version, account, payload, status, attempts,
+                                    processed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'processed', $8, now())
          ON CONFLICT (id) DO UPDATE SET attempts = GREATEST(stripe_events.attempts, EXCLUDED.attempts),
-                                        payload = COALESCE(stripe_events.payload, EXCLUDED.payload)
+                                        payload = COALESCE(stripe_events.payload, EXCLUDED.payload),
+                                        status = 'processed', processed_at = now(), last_error = NULL
              WHERE stripe_events.status IN ('failed', 'dead_lettered')
          RETURNING id",
     )

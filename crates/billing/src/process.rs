@@ -77,7 +77,9 @@ pub async fn apply(
     }
     // Types without a handler are stored and acknowledged ("ignored").
     let applied = crate::handlers::apply(&mut tx, plans, &event.envelope, &event.payload).await?;
-    ledger::finish(&mut tx, &event.envelope.id, applied).await?;
+    if applied == Applied::Ignored {
+        ledger::finish(&mut tx, &event.envelope.id, applied).await?;
+    }
     tx.commit().await?;
     let label = match applied {
         Applied::Processed => "processed",
