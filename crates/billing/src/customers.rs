@@ -109,7 +109,10 @@ pub async fn recompute_access(
     // The customer's current state, in one round trip.
     let (disputed, previous_status, previous_tier): (bool, String, Option<String>) =
         sqlx::query_as(
-            "SELECT disputed_at IS NOT NULL, access_status, tier FROM customers WHERE id = $1",
+            "SELECT EXISTS (SELECT 1 FROM disputes d WHERE d.customer_id = c.id
+                                 AND d.status NOT IN ('won', 'warning_closed')),
+                access_status, tier
+           FROM customers c WHERE c.id = $1",
         )
         .bind(customer_id)
         .fetch_one(&mut **tx)

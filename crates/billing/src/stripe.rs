@@ -269,6 +269,9 @@ pub struct Invoice {
 pub struct Dispute {
     pub id: String,
     pub charge: Expandable,
+    /// `won`, `lost`, `warning_closed`, `needs_response`, ...
+    #[serde(default)]
+    pub status: Option<String>,
     #[serde(default)]
     pub payment_intent: Option<Expandable>,
 }

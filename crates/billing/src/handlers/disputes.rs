@@ -1,5 +1,7 @@
-//! `charge.dispute.created`: flag the customer; revoke access if the plans
-//! file's policy says so (`[policy] revoke_on_dispute`).
+//! `charge.dispute.*`: a dispute row per dispute, gated like every snapshot. A
+//! customer counts as disputed while any of their disputes is not won (or a
+//! warning closed); access is revoked for that only if the plans file's policy
+//! says so (`[policy] revoke_on_dispute`).
 
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
@@ -9,7 +11,15 @@ use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::stripe::{self, Dispute};
 
-pub async fn created(
+fn rank(event_type: &str) -> i32 {
+    match event_type {
+        "charge.dispute.created" => 0,
+        "charge.dispute.closed" => 2,
+        _ => 1, // updated, funds_withdrawn, funds_reinstated
+    }
+}
+
+pub async fn snapshot(
     tx: &mut Tx,
     plans: &Plans,
     envelope: &EventEnvelope,
@@ -39,14 +49,23 @@ pub async fn created(
         )));
     };
     let customer_id = customers::lock_or_create(tx, &stripe_customer).await?;
+    let status = dispute.status.as_deref().unwrap_or("needs_response");
     sqlx::query(
-        "UPDATE customers SET disputed_at = COALESCE(disputed_at, to_timestamp($2)),
-                dispute_id = COALESCE(dispute_id, $3), updated_at = now()
-          WHERE id = $1",
+        "INSERT INTO disputes (stripe_dispute_id, customer_id, charge, status, snapshot_created, snapshot_rank, snapshot_event_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (stripe_dispute_id) DO UPDATE SET
+             status = EXCLUDED.status, snapshot_created = EXCLUDED.snapshot_created,
+             snapshot_rank = EXCLUDED.snapshot_rank, snapshot_event_id = EXCLUDED.snapshot_event_id, updated_at = now()
+           WHERE (disputes.snapshot_created, disputes.snapshot_rank, disputes.snapshot_event_id)
+               < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank, EXCLUDED.snapshot_event_id)",
     )
-    .bind(customer_id)
-    .bind(envelope.created)
     .bind(&dispute.id)
+    .bind(customer_id)
+    .bind(dispute.charge.id())
+    .bind(status)
+    .bind(envelope.created)
+    .bind(rank(&envelope.event_type))
+    .bind(&envelope.id)
     .execute(&mut **tx)
     .await?;
     customers::recompute_after_event(tx, plans, customer_id, envelope).await?;

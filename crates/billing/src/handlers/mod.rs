@@ -27,7 +27,13 @@ pub async fn apply(
             credits::checkout_payment(tx, envelope, payload).await
         }
         "charge.refunded" => credits::refund(tx, envelope, payload).await,
-        "charge.dispute.created" => disputes::created(tx, plans, envelope, payload).await,
+        "charge.dispute.created"
+        | "charge.dispute.updated"
+        | "charge.dispute.closed"
+        | "charge.dispute.funds_withdrawn"
+        | "charge.dispute.funds_reinstated" => {
+            disputes::snapshot(tx, plans, envelope, payload).await
+        }
         "payment_method.attached"
         | "payment_method.detached"
         | "payment_method.updated"

@@ -101,14 +101,9 @@ async fn a_dispute_flags_the_customer_and_revokes_only_when_the_policy_says_so()
         settle(&billing, 2).await;
         deliver(&billing, &[dispute]).await;
         settle(&billing, 3).await;
-        let (disputed, dispute_id): (bool, Option<String>) =
-            sqlx::query_as("SELECT disputed_at IS NOT NULL, dispute_id FROM customers WHERE stripe_customer_id = $1")
-                .bind(CUS)
-                .fetch_one(&billing.pool)
-                .await
-                .unwrap();
-        assert!(disputed);
-        assert!(dispute_id.unwrap().starts_with("dp_"));
+        let (dispute_id, status) = dispute_row(&billing).await;
+        assert!(dispute_id.starts_with("dp_"));
+        assert_eq!(status, "warning_needs_response", "the fixture's status");
         let expected = if revoke {
             ("disputed".into(), "free".into())
         } else {
@@ -159,13 +154,80 @@ async fn a_dispute_that_arrives_before_its_payment_is_retried_until_it_can_be_ap
         },
     )
     .await;
-    let disputed: bool = sqlx::query_scalar(
-        "SELECT disputed_at IS NOT NULL FROM customers WHERE stripe_customer_id = $1",
+    let (dispute_id, _) = dispute_row(&billing).await;
+    assert!(dispute_id.starts_with("dp_"));
+    billing.stop().await;
+}
+
+/// The dispute's row: (Stripe id, status), with the customer it belongs to.
+async fn dispute_row(billing: &TestBilling) -> (String, String) {
+    sqlx::query_as(
+        "SELECT d.stripe_dispute_id, d.status FROM disputes d JOIN customers c ON c.id = d.customer_id
+          WHERE c.stripe_customer_id = $1",
     )
     .bind(CUS)
     .fetch_one(&billing.pool)
     .await
-    .unwrap();
-    assert!(disputed);
-    billing.stop().await;
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_won_dispute_restores_access_whichever_of_its_events_comes_first() {
+    let revoking = plans_with_revocation();
+    for closed_first in [false, true] {
+        let mut billing = spawn_billing(Options {
+            plans_path: Some(revoking.0.display().to_string()),
+            ..Options::default()
+        })
+        .await;
+        let (opened, invoice) = dispute_and_its_invoice();
+        deliver(
+            &billing,
+            &[
+                subscription_event(
+                    "customer.subscription.created",
+                    T0,
+                    SUB,
+                    CUS,
+                    "active",
+                    "price_pro_monthly",
+                ),
+                invoice,
+            ],
+        )
+        .await;
+        settle(&billing, 2).await;
+        let mut closed: Value = serde_json::from_slice(&opened.1).unwrap();
+        closed["id"] = "evt_dispute_closed".into();
+        closed["type"] = "charge.dispute.closed".into();
+        closed["created"] = (T0 + 200).into();
+        closed["data"]["object"]["status"] = "won".into();
+        let closed = (
+            "evt_dispute_closed".to_string(),
+            serde_json::to_vec(&closed).unwrap(),
+        );
+        if closed_first {
+            deliver(&billing, &[closed, opened]).await;
+        } else {
+            deliver(&billing, &[opened]).await;
+            settle(&billing, 3).await;
+            assert_eq!(
+                access(&billing, CUS).await,
+                ("disputed".into(), "free".into())
+            );
+            deliver(&billing, &[closed]).await;
+        }
+        settle(&billing, 4).await;
+        assert_eq!(
+            dispute_row(&billing).await.1,
+            "won",
+            "closed first: {closed_first}"
+        );
+        assert_eq!(
+            access(&billing, CUS).await,
+            ("active".into(), "pro".into()),
+            "closed first: {closed_first}"
+        );
+        billing.stop().await;
+    }
 }
