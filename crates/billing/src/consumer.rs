@@ -134,23 +134,20 @@ impl Consumer {
             attempt
         );
         async {
-            let decoded = process::decode(&delivery.data);
-            let result = match &decoded {
-                Ok(event) => process::apply(&self.pool, &self.plans, event, attempt)
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(ProcessError::Poison(e.to_string())),
+            let (event, result) = match process::decode(&delivery.data) {
+                Ok(event) => {
+                    let result = process::apply(&self.pool, &self.plans, &event, attempt).await;
+                    (Some(event), result.map(|_| ()))
+                }
+                Err(e) => (None, Err(e)),
             };
             let settle = match result {
                 Ok(()) => Settle::Ack,
                 Err(e) if e.is_poison() || attempt >= self.max_attempts => {
-                    self.dead_letter(&delivery, decoded.as_ref().ok(), &e, attempt)
+                    self.dead_letter(&delivery, event.as_ref(), &e, attempt)
                         .await
                 }
-                Err(e) => {
-                    self.retry(&delivery, decoded.as_ref().ok(), &e, attempt)
-                        .await
-                }
+                Err(e) => self.retry(&delivery, event.as_ref(), &e, attempt).await,
             };
             let settled = match settle {
                 Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,

@@ -54,10 +54,13 @@ pub struct Decoded {
 }
 
 pub fn decode(body: &[u8]) -> Result<Decoded, ProcessError> {
-    let envelope = EventEnvelope::parse(body)
-        .map_err(|e| ProcessError::Poison(format!("not a Stripe event: {e}")))?;
-    let payload = serde_json::from_slice(body)
-        .map_err(|e| ProcessError::Poison(format!("invalid JSON: {e}")))?;
+    let not_an_event = |e: tollgate_events::EnvelopeError| {
+        ProcessError::Poison(format!("not a Stripe event: {e}"))
+    };
+    // Parsed once; the envelope is read from the parsed value.
+    let payload: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| not_an_event(tollgate_events::EnvelopeError::Json(e)))?;
+    let envelope = EventEnvelope::from_value(&payload).map_err(not_an_event)?;
     Ok(Decoded { envelope, payload })
 }
 

@@ -34,7 +34,16 @@ pub enum EnvelopeError {
 impl EventEnvelope {
     /// Parses the envelope fields and validates the whole body is JSON; `data` is skipped, not built.
     pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
-        let envelope: Self = serde_json::from_slice(body)?;
+        Self::checked(serde_json::from_slice(body)?)
+    }
+
+    /// The envelope of an event already parsed as JSON (for callers that need the
+    /// whole value too, so the body is parsed once).
+    pub fn from_value(event: &serde_json::Value) -> Result<Self, EnvelopeError> {
+        Self::checked(Self::deserialize(event)?)
+    }
+
+    fn checked(envelope: Self) -> Result<Self, EnvelopeError> {
         check_token("id", &envelope.id)?;
         check_token("type", &envelope.event_type)?;
         Ok(envelope)
@@ -68,6 +77,22 @@ mod tests {
         assert!(!envelope.livemode);
         assert_eq!(envelope.api_version.as_deref(), Some("2020-03-02"));
         assert_eq!(envelope.account, None);
+    }
+
+    #[test]
+    fn from_value_agrees_with_parse() {
+        let body =
+            br#"{"id":"evt_1","type":"a.b","created":7,"livemode":false,"data":{"object":{}}}"#;
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            EventEnvelope::from_value(&value).unwrap(),
+            EventEnvelope::parse(body).unwrap()
+        );
+        let no_id = serde_json::json!({ "id": "", "type": "a", "created": 1, "livemode": false });
+        assert!(matches!(
+            EventEnvelope::from_value(&no_id),
+            Err(EnvelopeError::Empty("id"))
+        ));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod checkout;
 pub mod credits;
+mod customer_events;
 mod disputes;
 mod invoices;
 mod payment_methods;
@@ -41,10 +42,10 @@ pub async fn apply(
             payment_methods::payment_method(tx, envelope, payload).await
         }
         "customer.created" | "customer.updated" | "customer.deleted" => {
-            payment_methods::customer(tx, plans, envelope, payload).await
+            customer_events::customer(tx, plans, envelope, payload).await
         }
         "entitlements.active_entitlement_summary.updated" => {
-            payment_methods::entitlement_summary(tx, envelope, payload).await
+            customer_events::entitlement_summary(tx, envelope, payload).await
         }
         "customer.subscription.created"
         | "customer.subscription.updated"
@@ -61,5 +62,16 @@ pub async fn apply(
         | "invoice.voided"
         | "invoice.marked_uncollectible" => invoices::snapshot(tx, plans, envelope, payload).await,
         _ => Ok(Applied::Ignored),
+    }
+}
+
+/// Same-second tie-breaker for objects whose lifecycle is created → attached →
+/// updated → deleted/detached.
+fn lifecycle_rank(event_type: &str) -> i32 {
+    match event_type {
+        t if t.ends_with(".created") => 0,
+        t if t.ends_with(".attached") => 1,
+        t if t.ends_with(".deleted") || t.ends_with(".detached") => 3,
+        _ => 2,
     }
 }

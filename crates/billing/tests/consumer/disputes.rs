@@ -83,22 +83,7 @@ async fn a_dispute_flags_the_customer_and_revokes_only_when_the_policy_says_so()
         })
         .await;
         let (dispute, invoice) = dispute_and_its_invoice();
-        deliver(
-            &billing,
-            &[
-                subscription_event(
-                    "customer.subscription.created",
-                    T0,
-                    SUB,
-                    CUS,
-                    "active",
-                    "price_pro_monthly",
-                ),
-                invoice,
-            ],
-        )
-        .await;
-        settle(&billing, 2).await;
+        paid_subscription(&billing, invoice).await;
         deliver(&billing, &[dispute]).await;
         settle(&billing, 3).await;
         let (dispute_id, status) = dispute_row(&billing).await;
@@ -159,6 +144,20 @@ async fn a_dispute_that_arrives_before_its_payment_is_retried_until_it_can_be_ap
     billing.stop().await;
 }
 
+/// An active Pro subscription and its paid invoice (the payment later disputed).
+async fn paid_subscription(billing: &TestBilling, invoice: (String, Vec<u8>)) {
+    let subscription = subscription_event(
+        "customer.subscription.created",
+        T0,
+        SUB,
+        CUS,
+        "active",
+        "price_pro_monthly",
+    );
+    deliver(billing, &[subscription, invoice]).await;
+    settle(billing, 2).await;
+}
+
 /// The dispute's row: (Stripe id, status), with the customer it belongs to.
 async fn dispute_row(billing: &TestBilling) -> (String, String) {
     sqlx::query_as(
@@ -181,22 +180,7 @@ async fn a_won_dispute_restores_access_whichever_of_its_events_comes_first() {
         })
         .await;
         let (opened, invoice) = dispute_and_its_invoice();
-        deliver(
-            &billing,
-            &[
-                subscription_event(
-                    "customer.subscription.created",
-                    T0,
-                    SUB,
-                    CUS,
-                    "active",
-                    "price_pro_monthly",
-                ),
-                invoice,
-            ],
-        )
-        .await;
-        settle(&billing, 2).await;
+        paid_subscription(&billing, invoice).await;
         let mut closed: Value = serde_json::from_slice(&opened.1).unwrap();
         closed["id"] = "evt_dispute_closed".into();
         closed["type"] = "charge.dispute.closed".into();
