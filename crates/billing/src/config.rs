@@ -11,8 +11,13 @@ pub struct Config {
     pub database_max_connections: u32,
     /// `AMQP_URL` (required).
     pub amqp_url: String,
-    /// `BILLING_PREFETCH`, default 32: unacknowledged events in flight per process.
+    /// `BILLING_PREFETCH`, default 128: unacknowledged events in flight per process.
     pub prefetch: u16,
+    /// `BILLING_WORKERS`, default 4: transactions in flight at once per process.
+    pub workers: u16,
+    /// `BILLING_BATCH_MAX`, default 32: most events applied in one transaction
+    /// (1 turns batching off).
+    pub batch_max: u16,
     /// `BILLING_MAX_ATTEMPTS`, default 6: transient failures retried this many
     /// times in all (with growing delays) before the event is dead-lettered.
     pub max_attempts: u32,
@@ -29,12 +34,17 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let prefetch: u16 = env.or("BILLING_PREFETCH", 32)?;
-        if prefetch == 0 {
-            return Err(ConfigError::invalid(
-                "BILLING_PREFETCH",
-                "must be at least 1",
-            ));
+        let prefetch: u16 = env.or("BILLING_PREFETCH", 128)?;
+        let workers: u16 = env.or("BILLING_WORKERS", 4)?;
+        let batch_max: u16 = env.or("BILLING_BATCH_MAX", 32)?;
+        for (name, value) in [
+            ("BILLING_PREFETCH", prefetch),
+            ("BILLING_WORKERS", workers),
+            ("BILLING_BATCH_MAX", batch_max),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(name, "must be at least 1"));
+            }
         }
         let max_attempts: u32 = env.or("BILLING_MAX_ATTEMPTS", 6)?;
         if max_attempts == 0 {
@@ -55,6 +65,8 @@ impl Config {
             database_max_connections: env.or("DATABASE_MAX_CONNECTIONS", 10)?,
             amqp_url: env.required_string("AMQP_URL")?,
             prefetch,
+            workers,
+            batch_max,
             max_attempts,
             migrate: env.flag("BILLING_MIGRATE", true)?,
             plans_path: env.or(
@@ -74,6 +86,8 @@ impl std::fmt::Debug for Config {
             .field("database_max_connections", &self.database_max_connections)
             .field("amqp_url", &redact_url(&self.amqp_url))
             .field("prefetch", &self.prefetch)
+            .field("workers", &self.workers)
+            .field("batch_max", &self.batch_max)
             .field("max_attempts", &self.max_attempts)
             .field("migrate", &self.migrate)
             .field("plans_path", &self.plans_path)
@@ -101,7 +115,8 @@ mod tests {
             ("DATABASE_URL", "postgres://u:secret@db/app"),
         ]);
         let config = Config::from_env(&env).unwrap();
-        assert_eq!(config.prefetch, 32);
+        assert_eq!(config.prefetch, 128);
+        assert_eq!((config.workers, config.batch_max), (4, 32));
         assert_eq!(config.max_attempts, 6);
         assert!(!format!("{config:?}").contains("secret"));
         let bad = Env::from_pairs([

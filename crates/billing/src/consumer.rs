@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tollgate_broker::{Publisher, lapin};
 use tollgate_events::topology::{self, headers};
 use tollgate_plans::Plans;
-use tracing::{Instrument, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::process::{self, Decoded, ProcessError};
 
@@ -32,6 +32,10 @@ pub struct Consumer {
     pub publisher: Publisher,
     pub amqp_url: String,
     pub prefetch: u16,
+    /// Transactions in flight at once.
+    pub workers: u16,
+    /// Most events applied in one transaction.
+    pub batch_max: u16,
     pub max_attempts: u32,
     /// True while consuming.
     pub consuming: watch::Sender<bool>,
@@ -93,13 +97,40 @@ impl Consumer {
             )
             .await?;
         self.consuming.send_replace(true);
-        info!(prefetch = self.prefetch, "billing consuming");
+        info!(
+            prefetch = self.prefetch,
+            workers = self.workers,
+            batch_max = self.batch_max,
+            "billing consuming"
+        );
+        // Deliveries wait here while every worker is busy, and leave as one batch
+        // (one transaction) when a worker frees up: batches grow with the load,
+        // and an idle consumer applies a lone event at once.
+        let mut waiting: Vec<Delivery> = Vec::new();
         let mut in_flight = JoinSet::new();
         let result = loop {
+            while !waiting.is_empty() && in_flight.len() < usize::from(self.workers) {
+                let take = waiting.len().min(usize::from(self.batch_max));
+                let batch: Vec<Delivery> = waiting.drain(..take).collect();
+                in_flight.spawn(self.clone().handle_batch(batch));
+            }
             tokio::select! {
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        in_flight.spawn(self.clone().handle(delivery));
+                        waiting.push(delivery);
+                        // Take whatever else has already arrived before dispatching.
+                        let mut ended = None;
+                        while waiting.len() < usize::from(self.batch_max) {
+                            match deliveries.next().now_or_never() {
+                                Some(Some(Ok(delivery))) => waiting.push(delivery),
+                                Some(Some(Err(e))) => { ended = Some(Err(e)); break; }
+                                Some(None) => { ended = Some(Ok(false)); break; }
+                                None => break,
+                            }
+                        }
+                        if let Some(ended) = ended {
+                            break ended;
+                        }
                     }
                     Some(Err(e)) => break Err(e),
                     None => break Ok(false),
@@ -108,6 +139,9 @@ impl Consumer {
                 _ = stop.wait_for(|s| *s) => break Ok(true),
             }
         };
+        // Deliveries not started are left unacknowledged: the broker redelivers
+        // them when this connection closes.
+        drop(waiting);
         // Let in-flight events finish and settle (their acks need this channel).
         while in_flight.join_next().await.is_some() {}
         self.consuming.send_replace(false);
@@ -119,7 +153,49 @@ impl Consumer {
         }
     }
 
-    async fn handle(self: Arc<Self>, delivery: Delivery) {
+    /// Applies a batch in one transaction; if that fails, applies its events
+    /// one at a time so each meets its own fate (retry, dead letter).
+    async fn handle_batch(self: Arc<Self>, batch: Vec<Delivery>) {
+        let decoded: Vec<(Delivery, Result<Decoded, ProcessError>)> = batch
+            .into_iter()
+            .map(|delivery| {
+                let event = process::decode(&delivery.data);
+                (delivery, event)
+            })
+            .collect();
+        let applicable = decoded.len() > 1 && decoded.iter().all(|(_, e)| e.is_ok());
+        if applicable {
+            metrics::histogram!("tollgate_billing_batch_size").record(decoded.len() as f64);
+            let span = tracing::info_span!("billing_batch", size = decoded.len());
+            let events: Vec<(&Decoded, u32)> = decoded
+                .iter()
+                .map(|(delivery, event)| {
+                    let event = event.as_ref().expect("checked above");
+                    (event, attempt_of(&delivery.properties))
+                })
+                .collect();
+            let applied = process::apply_batch(&self.pool, &self.plans, &events)
+                .instrument(span)
+                .await;
+            match applied {
+                Ok(_) => {
+                    for (delivery, _) in &decoded {
+                        settle(delivery, Settle::Ack).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    metrics::counter!("tollgate_billing_batch_fallbacks_total").increment(1);
+                    debug!(error = %e, size = decoded.len(), "batch failed; applying its events one by one");
+                }
+            }
+        }
+        for (delivery, event) in decoded {
+            self.handle(delivery, event).await;
+        }
+    }
+
+    async fn handle(&self, delivery: Delivery, event: Result<Decoded, ProcessError>) {
         let attempt = attempt_of(&delivery.properties);
         let message_id = delivery
             .properties
@@ -134,14 +210,14 @@ impl Consumer {
             attempt
         );
         async {
-            let (event, result) = match process::decode(&delivery.data) {
+            let (event, result) = match event {
                 Ok(event) => {
                     let result = process::apply(&self.pool, &self.plans, &event, attempt).await;
                     (Some(event), result.map(|_| ()))
                 }
                 Err(e) => (None, Err(e)),
             };
-            let settle = match result {
+            let outcome = match result {
                 Ok(()) => Settle::Ack,
                 Err(e) if e.is_poison() || attempt >= self.max_attempts => {
                     self.dead_letter(&delivery, event.as_ref(), &e, attempt)
@@ -149,22 +225,7 @@ impl Consumer {
                 }
                 Err(e) => self.retry(&delivery, event.as_ref(), &e, attempt).await,
             };
-            let settled = match settle {
-                Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-                Settle::Requeue => {
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
-                }
-            };
-            if let Err(e) = settled {
-                // The channel is gone: the broker redelivers, the ledger absorbs it.
-                warn!(error = %e, "could not settle the delivery");
-            }
+            settle(&delivery, outcome).await;
         }
         .instrument(span)
         .await;
@@ -273,6 +334,25 @@ impl Consumer {
             warn!(error = %e, "dead letter is on the queue but not recorded in the database");
         }
         Settle::Ack
+    }
+}
+
+async fn settle(delivery: &Delivery, outcome: Settle) {
+    let settled = match outcome {
+        Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Settle::Requeue => {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = settled {
+        // The channel is gone: the broker redelivers, the ledger absorbs it.
+        warn!(error = %e, "could not settle the delivery");
     }
 }
 

@@ -88,66 +88,71 @@ pub async fn recompute_access(
     customer_id: uuid::Uuid,
     trigger: Trigger<'_>,
 ) -> Result<(), ProcessError> {
-    // A subscription's payment is failing when an attempted, unpaid invoice is newer
-    // than its last paid one.
-    let subscriptions: Vec<(String, String, bool)> = sqlx::query_as(
-        "SELECT s.status, s.tier,
-                EXISTS (SELECT 1 FROM invoices f
-                         WHERE f.stripe_subscription_id = s.stripe_subscription_id
-                           AND f.status = 'open' AND f.attempted AND f.amount_remaining > 0
-                           AND f.invoice_created > COALESCE(
-                               (SELECT max(p.invoice_created) FROM invoices p
-                                 WHERE p.stripe_subscription_id = s.stripe_subscription_id AND p.status = 'paid'), 0))
-           FROM subscriptions s
-           JOIN customers c ON c.stripe_customer_id = s.stripe_customer_id
+    // One round trip: the customer's current state and, per subscription, its
+    // status, tier and whether its payment is failing (an attempted, unpaid
+    // invoice newer than its last paid one).
+    let state: CustomerAccessState = sqlx::query_as(
+        "SELECT c.access_status, c.tier,
+                EXISTS (SELECT 1 FROM disputes d WHERE d.customer_id = c.id
+                                 AND d.status NOT IN ('won', 'warning_closed')) AS disputed,
+                COALESCE(s.statuses, '{}') AS statuses, COALESCE(s.tiers, '{}') AS tiers,
+                COALESCE(s.failing, '{}') AS failing
+           FROM customers c
+           LEFT JOIN LATERAL (
+               SELECT array_agg(s.status) AS statuses, array_agg(s.tier) AS tiers,
+                      array_agg(EXISTS (
+                          SELECT 1 FROM invoices f
+                           WHERE f.stripe_subscription_id = s.stripe_subscription_id
+                             AND f.status = 'open' AND f.attempted AND f.amount_remaining > 0
+                             AND f.invoice_created > COALESCE(
+                                 (SELECT max(p.invoice_created) FROM invoices p
+                                   WHERE p.stripe_subscription_id = s.stripe_subscription_id
+                                     AND p.status = 'paid'), 0))) AS failing
+                 FROM subscriptions s WHERE s.stripe_customer_id = c.stripe_customer_id) s ON true
           WHERE c.id = $1",
     )
     .bind(customer_id)
-    .fetch_all(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
+    let subscriptions: Vec<(String, String, bool)> = state
+        .statuses
+        .into_iter()
+        .zip(state.tiers)
+        .zip(state.failing)
+        .map(|((status, tier), failing)| (status, tier, failing))
+        .collect();
     let (status, tier) = derive_access(plans, &subscriptions);
-    // The customer's current state, in one round trip.
-    let (disputed, previous_status, previous_tier): (bool, String, Option<String>) =
-        sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM disputes d WHERE d.customer_id = c.id
-                                 AND d.status NOT IN ('won', 'warning_closed')),
-                access_status, tier
-           FROM customers c WHERE c.id = $1",
-        )
-        .bind(customer_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    let (status, tier) = if disputed && plans.policy().revoke_on_dispute {
+    let (status, tier) = if state.disputed && plans.policy().revoke_on_dispute {
         ("disputed".to_string(), plans.default_tier().to_string())
     } else {
         (status, tier)
     };
-    if previous_status == status && previous_tier.as_deref() == Some(tier.as_str()) {
+    if state.access_status == status && state.tier.as_deref() == Some(tier.as_str()) {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE customers SET access_status = $2, tier = $3, updated_at = now() WHERE id = $1",
+    crate::outbox::emit_access(
+        tx,
+        customer_id,
+        crate::outbox::AccessChange {
+            status: &status,
+            tier: &tier,
+            previous_status: &state.access_status,
+            previous_tier: state.tier.as_deref(),
+            trigger_source: trigger.source,
+            stripe_event_id: trigger.stripe_event_id,
+        },
     )
-    .bind(customer_id)
-    .bind(&status)
-    .bind(&tier)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO access_audit (customer_id, previous_status, new_status, previous_tier, new_tier, trigger_source, stripe_event_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(customer_id)
-    .bind(&previous_status)
-    .bind(&status)
-    .bind(&previous_tier)
-    .bind(&tier)
-    .bind(trigger.source)
-    .bind(trigger.stripe_event_id)
-    .execute(&mut **tx)
-    .await?;
-    crate::outbox::emit(tx, customer_id, "access").await?;
-    Ok(())
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+struct CustomerAccessState {
+    access_status: String,
+    tier: Option<String>,
+    disputed: bool,
+    statuses: Vec<String>,
+    tiers: Vec<String>,
+    failing: Vec<bool>,
 }
 
 /// (access status, tier) from (subscription status, tier, payment failing) rows.

@@ -15,58 +15,85 @@ use tracing::{debug, warn};
 use crate::customers::Tx;
 use crate::process::ProcessError;
 
+/// Also named in `write`'s SQL.
 const CHANNEL: &str = "tollgate_outbox";
 /// Only one relay drains at a time, so changes go out in version order.
 const RELAY_LOCK: i64 = 0x746f_6c6c_6f75_7462; // "tollgoutb"
 const BATCH: i64 = 200;
 
-#[derive(sqlx::FromRow)]
-struct CustomerState {
-    access_version: i64,
-    user_id: Option<String>,
-    stripe_customer_id: Option<String>,
-    access_status: String,
-    tier: Option<String>,
-    stripe_features: Vec<String>,
-    test_user: bool,
-    deleted: bool,
+/// An access change to write together with its announcement.
+pub struct AccessChange<'a> {
+    pub status: &'a str,
+    pub tier: &'a str,
+    pub previous_status: &'a str,
+    pub previous_tier: Option<&'a str>,
+    pub trigger_source: &'a str,
+    pub stripe_event_id: Option<&'a str>,
 }
 
 /// Announces the customer's current entitlement state; call after changing it,
 /// inside the same transaction (the customer row is locked).
 pub async fn emit(tx: &mut Tx, customer_id: uuid::Uuid, reason: &str) -> Result<(), ProcessError> {
-    let state: CustomerState = sqlx::query_as(
-        "UPDATE customers SET access_version = access_version + 1 WHERE id = $1
-         RETURNING access_version, user_id, stripe_customer_id, access_status, tier, stripe_features, test_user,
-                   deleted_at IS NOT NULL AS deleted",
+    write(tx, customer_id, reason, None).await
+}
+
+/// Sets the customer's access, audits the change and announces it.
+pub async fn emit_access(
+    tx: &mut Tx,
+    customer_id: uuid::Uuid,
+    change: AccessChange<'_>,
+) -> Result<(), ProcessError> {
+    write(tx, customer_id, "access", Some(change)).await
+}
+
+/// One statement (one round trip) for the whole write: bump the version (and set
+/// the access, when it changed), audit, queue the announcement, and NOTIFY the
+/// relay — delivered at commit, and only then.
+async fn write(
+    tx: &mut Tx,
+    customer_id: uuid::Uuid,
+    reason: &str,
+    change: Option<AccessChange<'_>>,
+) -> Result<(), ProcessError> {
+    let written: Option<i64> = sqlx::query_scalar(
+        "WITH c AS (
+             UPDATE customers SET access_version = access_version + 1,
+                                  access_status = COALESCE($3, access_status),
+                                  tier = CASE WHEN $3 IS NULL THEN tier ELSE $4 END,
+                                  updated_at = CASE WHEN $3 IS NULL THEN updated_at ELSE now() END
+              WHERE id = $1
+          RETURNING id, access_version, user_id, stripe_customer_id, access_status, tier, stripe_features,
+                    test_user, deleted_at IS NOT NULL AS deleted),
+         audit AS (
+             INSERT INTO access_audit (customer_id, previous_status, new_status, previous_tier, new_tier,
+                                       trigger_source, stripe_event_id)
+             SELECT id, $5, access_status, $6, tier, $7, $8 FROM c WHERE $3 IS NOT NULL),
+         queued AS (
+             INSERT INTO entitlement_outbox (customer_id, customer_version, reason, payload)
+             SELECT id, access_version, $2, jsonb_build_object(
+                        'customer_id', id::text, 'customer_version', access_version, 'user_id', user_id,
+                        'stripe_customer_id', stripe_customer_id, 'access_status', access_status, 'tier', tier,
+                        'stripe_features', to_jsonb(stripe_features), 'test_user', test_user,
+                        'deleted', deleted, 'reason', $2::text)
+               FROM c
+          RETURNING id)
+         SELECT id FROM queued, LATERAL (SELECT pg_notify('tollgate_outbox', '')) AS woken",
     )
     .bind(customer_id)
-    .fetch_one(&mut **tx)
+    .bind(reason)
+    .bind(change.as_ref().map(|c| c.status))
+    .bind(change.as_ref().map(|c| c.tier))
+    .bind(change.as_ref().map(|c| c.previous_status))
+    .bind(change.as_ref().and_then(|c| c.previous_tier))
+    .bind(change.as_ref().map(|c| c.trigger_source))
+    .bind(change.as_ref().and_then(|c| c.stripe_event_id))
+    .fetch_optional(&mut **tx)
     .await?;
-    let payload = json!({
-        "customer_id": customer_id.to_string(),
-        "customer_version": state.access_version,
-        "user_id": state.user_id,
-        "stripe_customer_id": state.stripe_customer_id,
-        "access_status": state.access_status,
-        "tier": state.tier,
-        "stripe_features": state.stripe_features,
-        "test_user": state.test_user,
-        "deleted": state.deleted,
-        "reason": reason,
-    });
-    sqlx::query("INSERT INTO entitlement_outbox (customer_id, customer_version, reason, payload) VALUES ($1, $2, $3, $4)")
-        .bind(customer_id)
-        .bind(state.access_version)
-        .bind(reason)
-        .bind(&payload)
-        .execute(&mut **tx)
-        .await?;
-    // Delivered at commit, and only then: wakes the relay at once.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut **tx)
-        .await?;
+    if written.is_none() {
+        return Err(ProcessError::Transient(format!(
+            "customer {customer_id} vanished while its change was being written"
+        )));
+    }
     Ok(())
 }
 

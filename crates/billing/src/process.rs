@@ -3,6 +3,7 @@
 use sqlx::PgPool;
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
+use tracing::Instrument;
 
 use crate::ledger::{self, Applied, Claim};
 
@@ -64,6 +65,24 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProcessError> {
     Ok(Decoded { envelope, payload })
 }
 
+impl Decoded {
+    /// The Stripe customer the event is about, when the payload names one: the
+    /// order in which a batch takes its customers' row locks.
+    fn customer_key(&self) -> Option<&str> {
+        let object = self.payload.pointer("/data/object")?;
+        let customer = match object.get("customer") {
+            Some(serde_json::Value::String(id)) => Some(id.as_str()),
+            Some(expanded) => expanded.get("id").and_then(serde_json::Value::as_str),
+            None => None,
+        };
+        customer.or_else(|| {
+            (object.get("object")?.as_str()? == "customer")
+                .then(|| object.get("id")?.as_str())
+                .flatten()
+        })
+    }
+}
+
 /// Applies the event once: the ledger row and every effect commit together, or
 /// nothing does.
 pub async fn apply(
@@ -72,22 +91,66 @@ pub async fn apply(
     event: &Decoded,
     attempt: u32,
 ) -> Result<Outcome, ProcessError> {
+    let mut outcomes = apply_batch(pool, plans, &[(event, attempt)]).await?;
+    Ok(outcomes.pop().expect("one outcome per event"))
+}
+
+/// Applies several events in ONE transaction (group commit): each is claimed in
+/// the ledger and applied as if alone, and all commit together or none does.
+/// A failure fails the whole batch; the caller then applies its events one by
+/// one, so one bad event never takes good ones down with it.
+///
+/// Events about one customer keep their relative order; customers are visited in
+/// a fixed order so that concurrent batches take row locks in the same order.
+pub async fn apply_batch(
+    pool: &PgPool,
+    plans: &Plans,
+    events: &[(&Decoded, u32)],
+) -> Result<Vec<Outcome>, ProcessError> {
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by_key(|&i| events[i].0.customer_key());
+    let mut outcomes: Vec<Option<Outcome>> = (0..events.len()).map(|_| None).collect();
     let mut tx = pool.begin().await?;
-    if ledger::claim(&mut tx, &event.envelope, &event.payload, attempt).await? == Claim::Duplicate {
-        tx.rollback().await?;
-        metrics::counter!("tollgate_billing_events_total", "outcome" => "duplicate").increment(1);
+    for i in order {
+        let (event, attempt) = events[i];
+        let span = tracing::debug_span!("apply_event", event_id = %event.envelope.id,
+                                        event_type = %event.envelope.event_type);
+        let outcome = apply_in(&mut tx, plans, event, attempt)
+            .instrument(span)
+            .await?;
+        outcomes[i] = Some(outcome);
+    }
+    tx.commit().await?;
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| o.expect("every event visited"))
+        .collect();
+    for outcome in &outcomes {
+        let label = match outcome {
+            Outcome::Duplicate => "duplicate",
+            Outcome::Applied(Applied::Processed) => "processed",
+            Outcome::Applied(Applied::Ignored) => "ignored",
+        };
+        metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
+    }
+    Ok(outcomes)
+}
+
+async fn apply_in(
+    tx: &mut crate::customers::Tx,
+    plans: &Plans,
+    event: &Decoded,
+    attempt: u32,
+) -> Result<Outcome, ProcessError> {
+    // A duplicate wrote nothing (the claim's upsert matched no row): no need to
+    // roll anything back, even inside a batch.
+    if ledger::claim(tx, &event.envelope, &event.payload, attempt).await? == Claim::Duplicate {
         return Ok(Outcome::Duplicate);
     }
     // Types without a handler are stored and acknowledged ("ignored").
-    let applied = crate::handlers::apply(&mut tx, plans, &event.envelope, &event.payload).await?;
+    let applied = crate::handlers::apply(tx, plans, &event.envelope, &event.payload).await?;
     if applied == Applied::Ignored {
-        ledger::finish(&mut tx, &event.envelope.id, applied).await?;
+        ledger::finish(tx, &event.envelope.id, applied).await?;
     }
-    tx.commit().await?;
-    let label = match applied {
-        Applied::Processed => "processed",
-        Applied::Ignored => "ignored",
-    };
-    metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
     Ok(Outcome::Applied(applied))
 }

@@ -53,6 +53,8 @@ impl Application {
             publisher: publisher.clone(),
             amqp_url: config.amqp_url.clone(),
             prefetch: config.prefetch,
+            workers: config.workers,
+            batch_max: config.batch_max,
             max_attempts: config.max_attempts,
             consuming: consuming_tx,
         });

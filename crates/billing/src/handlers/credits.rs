@@ -89,6 +89,28 @@ pub async fn topup(
         Some(&envelope.id),
     )
     .await?;
+    if let Some(payment_intent) = payment_intent {
+        // Refunds of this payment that arrived before the top-up did.
+        let refunds: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT stripe_object_id, charge_amount, amount FROM transactions
+              WHERE kind = 'refund' AND payment_intent = $1 AND charge_amount > 0",
+        )
+        .bind(payment_intent)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (charge_id, charge_amount, refunded) in refunds {
+            claw_back(
+                tx,
+                customer_id,
+                &charge_id,
+                payment_intent,
+                charge_amount,
+                refunded,
+                &envelope.id,
+            )
+            .await?;
+        }
+    }
     sqlx::query(
         "INSERT INTO transactions (customer_id, kind, status, currency, amount, stripe_object_id, description, occurred_at)
          VALUES ($1, 'credit_topup', 'succeeded', lower($2), $3, $4, $5, to_timestamp($6))
@@ -134,55 +156,87 @@ pub async fn refund(
     let customer_id = customers::lock_or_create(tx, &stripe_customer).await?;
 
     // amount_refunded only grows: keep the largest seen.
-    sqlx::query(
-        "INSERT INTO transactions (customer_id, kind, status, currency, amount, stripe_object_id, description, occurred_at)
-         VALUES ($1, 'refund', 'succeeded', lower($2), $3, $4, 'Refund', to_timestamp($5))
+    let refunded: i64 = sqlx::query_scalar(
+        "INSERT INTO transactions (customer_id, kind, status, currency, amount, stripe_object_id, description,
+                                   occurred_at, payment_intent, charge_amount)
+         VALUES ($1, 'refund', 'succeeded', lower($2), $3, $4, 'Refund', to_timestamp($5), $6, $7)
          ON CONFLICT (kind, stripe_object_id) DO UPDATE SET amount = GREATEST(transactions.amount, EXCLUDED.amount),
-                                                            updated_at = now()",
+                                                            payment_intent = COALESCE(transactions.payment_intent,
+                                                                                      EXCLUDED.payment_intent),
+                                                            charge_amount = EXCLUDED.charge_amount,
+                                                            updated_at = now()
+         RETURNING amount",
     )
     .bind(customer_id)
     .bind(&charge.currency)
     .bind(charge.amount_refunded)
     .bind(&charge.id)
     .bind(envelope.created)
-    .execute(&mut **tx)
+    .bind(payment_intent.as_deref())
+    .bind(charge.amount)
+    .fetch_one(&mut **tx)
     .await?;
-
-    if let Some(payment_intent) = payment_intent.as_deref()
-        && charge.amount > 0
-    {
-        let bought: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(sum(delta), 0)::bigint FROM credit_ledger WHERE payment_intent = $1 AND reason = 'topup'",
+    if let Some(payment_intent) = payment_intent.as_deref() {
+        claw_back(
+            tx,
+            customer_id,
+            &charge.id,
+            payment_intent,
+            charge.amount,
+            refunded,
+            &envelope.id,
         )
-        .bind(payment_intent)
-        .fetch_one(&mut **tx)
         .await?;
-        let clawed: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(-sum(delta), 0)::bigint FROM credit_ledger
-              WHERE stripe_object_id = $1 AND reason = 'refund_clawback'",
-        )
-        .bind(&charge.id)
-        .fetch_one(&mut **tx)
-        .await?;
-        let refunded = charge.amount_refunded.clamp(0, charge.amount);
-        let target =
-            i64::try_from(i128::from(bought) * i128::from(refunded) / i128::from(charge.amount))
-                .unwrap_or(bought);
-        if target > clawed {
-            add_entry(
-                tx,
-                customer_id,
-                -(target - clawed),
-                "refund_clawback",
-                &format!("clawback:{}:{}", charge.id, refunded),
-                Some(&charge.id),
-                Some(payment_intent),
-                Some(&envelope.id),
-            )
-            .await?;
-        }
     }
     Ok(Applied::Processed)
+}
+
+/// Brings the clawback for one refunded charge up to the refunded share of the
+/// credits its payment bought. Called by the refund and by the top-up, so the
+/// result is the same whichever of the two arrives first.
+async fn claw_back(
+    tx: &mut Tx,
+    customer_id: uuid::Uuid,
+    charge_id: &str,
+    payment_intent: &str,
+    charge_amount: i64,
+    refunded: i64,
+    stripe_event_id: &str,
+) -> Result<(), ProcessError> {
+    if charge_amount <= 0 {
+        return Ok(());
+    }
+    let bought: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(delta), 0)::bigint FROM credit_ledger WHERE payment_intent = $1 AND reason = 'topup'",
+    )
+    .bind(payment_intent)
+    .fetch_one(&mut **tx)
+    .await?;
+    let clawed: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(-sum(delta), 0)::bigint FROM credit_ledger
+          WHERE stripe_object_id = $1 AND reason = 'refund_clawback'",
+    )
+    .bind(charge_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let refunded = refunded.clamp(0, charge_amount);
+    let target =
+        i64::try_from(i128::from(bought) * i128::from(refunded) / i128::from(charge_amount))
+            .unwrap_or(bought);
+    if target > clawed {
+        add_entry(
+            tx,
+            customer_id,
+            -(target - clawed),
+            "refund_clawback",
+            &format!("clawback:{charge_id}:{refunded}"),
+            Some(charge_id),
+            Some(payment_intent),
+            Some(stripe_event_id),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 pub async fn checkout_payment(

@@ -52,8 +52,8 @@ fn refund_event(id: &str, created: i64, refunded: i64) -> (String, Vec<u8>) {
 
 async fn balance(billing: &TestBilling) -> i64 {
     sqlx::query_scalar(
-        "SELECT b.balance FROM credit_balances b JOIN customers c ON c.id = b.customer_id
-          WHERE c.stripe_customer_id = $1",
+        "SELECT COALESCE((SELECT b.balance FROM credit_balances b JOIN customers c ON c.id = b.customer_id
+                           WHERE c.stripe_customer_id = $1), 0)",
     )
     .bind(CUS)
     .fetch_one(&billing.pool)
@@ -121,6 +121,31 @@ async fn a_partial_refund_claws_back_its_share() {
     .await;
     settle(&billing, 2).await;
     // 500 credits × 500/999 refunded = 250 (rounded down) clawed back.
+    assert_eq!(balance(&billing).await, 250);
+    billing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_that_arrives_before_its_topup_still_claws_back() {
+    let mut billing = spawn_billing(Options::default()).await;
+    // Delivered and applied one after the other: the refund really comes first.
+    deliver(&billing, &[refund_event("evt_refund_early", T0 + 10, 500)]).await;
+    settle(&billing, 1).await;
+    assert_eq!(balance(&billing).await, 0, "no credits before the top-up");
+    deliver(&billing, &[topup_event()]).await;
+    settle(&billing, 2).await;
+    assert_eq!(
+        balance(&billing).await,
+        250,
+        "the top-up lands already clawed back by the earlier half refund"
+    );
+    // The same refund again changes nothing.
+    deliver(
+        &billing,
+        &[refund_event("evt_refund_early_again", T0 + 11, 500)],
+    )
+    .await;
+    settle(&billing, 3).await;
     assert_eq!(balance(&billing).await, 250);
     billing.stop().await;
 }

@@ -132,3 +132,87 @@ async fn an_event_out_of_attempts_is_dead_lettered() {
     proxy.restore();
     billing.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_in_a_batch_fails_alone_while_the_rest_commit_together() {
+    // Queue everything first, so the consumer finds a backlog and batches it.
+    let mut billing = spawn_billing(Options {
+        instances: 0,
+        ..Options::default()
+    })
+    .await;
+    let subscription = |n: usize, status: serde_json::Value| {
+        let id = format!("evt_batch_{n:03}");
+        let body = serde_json::json!({
+            "id": id, "object": "event", "type": "customer.subscription.updated",
+            "created": 1_760_000_000, "livemode": false, "api_version": "2025-03-31.basil",
+            "data": { "object": {
+                "id": format!("sub_batch_{n}"), "object": "subscription",
+                "customer": format!("cus_batch_{n}"), "status": status,
+                "items": { "object": "list", "data": [{ "price": { "id": "price_pro_monthly" } }] }
+            }}
+        });
+        (id, serde_json::to_vec(&body).unwrap())
+    };
+    const GOOD: usize = 60;
+    for n in 0..GOOD {
+        let (id, body) = subscription(n, "active".into());
+        billing
+            .publish_event(&id, "customer.subscription.updated", &body)
+            .await;
+        if n == GOOD / 2 {
+            // A well-formed event whose object cannot be decoded: poison, found
+            // only by the handler, inside the batch's transaction.
+            let (id, body) = subscription(999, 42.into());
+            billing
+                .publish_event(&id, "customer.subscription.updated", &body)
+                .await;
+        }
+    }
+    billing.start_instance().await;
+
+    eventually(
+        "every good event applied and the poison one dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+                .fetch_one(&billing.pool)
+                .await
+                .unwrap();
+            let active: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM customers WHERE access_status = 'active'")
+                    .fetch_one(&billing.pool)
+                    .await
+                    .unwrap();
+            dead == 1 && active == GOOD as i64
+        },
+    )
+    .await;
+    let (dead_event, error): (String, String) =
+        sqlx::query_as("SELECT event_id, error FROM dead_letters")
+            .fetch_one(&billing.pool)
+            .await
+            .unwrap();
+    assert_eq!(dead_event, "evt_batch_999");
+    assert!(error.starts_with("poison message:"), "{error}");
+    let processed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE status = 'processed'")
+            .fetch_one(&billing.pool)
+            .await
+            .unwrap();
+    assert_eq!(processed, GOOD as i64);
+    // Events committed in one transaction share its start time: fewer distinct
+    // times than events proves the backlog was applied in batches.
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT processed_at) FROM stripe_events WHERE status = 'processed'",
+    )
+    .fetch_one(&billing.pool)
+    .await
+    .unwrap();
+    assert!(
+        transactions < GOOD as i64,
+        "{transactions} transactions for {GOOD} events"
+    );
+    billing.stop().await;
+    assert_eq!(billing.ready_messages(BILLING_QUEUE).await, 0);
+}
