@@ -5,6 +5,8 @@ use tollgate_runtime::config::{ConfigError, Env, redact_url};
 /// Everything billing reads from its environment (see README, "Configuration").
 #[derive(Clone)]
 pub struct Config {
+    /// `BILLING_ADDR`, default 127.0.0.1:8081: health, readiness and metrics.
+    pub addr: std::net::SocketAddr,
     /// `DATABASE_URL` (required).
     pub database_url: String,
     /// `DATABASE_MAX_CONNECTIONS`, default 10.
@@ -61,6 +63,10 @@ impl Config {
             ));
         }
         Ok(Self {
+            addr: env.or(
+                "BILLING_ADDR",
+                std::net::SocketAddr::from(([127, 0, 0, 1], 8081)),
+            )?,
             database_url,
             database_max_connections: env.or("DATABASE_MAX_CONNECTIONS", 10)?,
             amqp_url: env.required_string("AMQP_URL")?,
@@ -82,6 +88,7 @@ impl Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
+            .field("addr", &self.addr)
             .field("database_url", &redact_url(&self.database_url))
             .field("database_max_connections", &self.database_max_connections)
             .field("amqp_url", &redact_url(&self.amqp_url))

@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod customers;
 pub mod db;
 pub mod handlers;
+pub mod http;
 pub mod ledger;
 pub mod outbox;
 pub mod process;

@@ -21,6 +21,8 @@ pub struct Application {
     consumer: tokio::task::JoinHandle<()>,
     relay: Option<tokio::task::JoinHandle<()>>,
     retention: Option<tokio::task::JoinHandle<()>>,
+    http: actix_web::dev::Server,
+    http_port: u16,
 }
 
 impl Application {
@@ -70,7 +72,14 @@ impl Application {
             tokio::spawn(crate::retention::run(pool.clone(), age, stop_rx.clone()))
         });
         let consumer = tokio::spawn(consumer.run(stop_rx));
+        let listener = std::net::TcpListener::bind(config.addr)
+            .with_context(|| format!("BILLING_ADDR {}", config.addr))?;
+        let http_port = listener.local_addr()?.port();
+        let http = crate::http::serve(listener, pool.clone(), consuming.clone())?;
+        tracing::info!(addr = %config.addr, port = http_port, "billing probes and metrics listening");
         Ok(Self {
+            http,
+            http_port,
             pool,
             publisher,
             consuming,
@@ -79,6 +88,11 @@ impl Application {
             relay,
             retention,
         })
+    }
+
+    /// The port of `/healthz`, `/readyz` and `/metrics`.
+    pub fn http_port(&self) -> u16 {
+        self.http_port
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -101,6 +115,8 @@ impl Application {
 
     /// Runs until stopped; in-flight events finish and are acknowledged first.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let http_handle = self.http.handle();
+        let http = tokio::spawn(self.http);
         self.consumer.await.context("consumer task")?;
         if let Some(relay) = self.relay {
             relay.await.context("outbox relay task")?;
@@ -108,6 +124,8 @@ impl Application {
         if let Some(retention) = self.retention {
             retention.await.context("retention task")?;
         }
+        http_handle.stop(true).await;
+        let _ = http.await;
         self.publisher.close().await;
         self.pool.close().await;
         tracing::info!("billing stopped");

@@ -37,6 +37,7 @@ fn start_billing(billing: &TestBilling) -> Child {
         .env("DATABASE_URL", billing.database_url())
         .env("AMQP_URL", billing.vhost.amqp_url())
         .env("TOLLGATE_PLANS", plans_path())
+        .env("BILLING_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()

@@ -113,3 +113,35 @@ async fn an_unknown_event_type_is_stored_and_acknowledged() {
     assert_eq!(status, "ignored");
     assert_eq!(billing.ready_messages(BILLING_QUEUE).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_report_a_consuming_billing() {
+    let mut billing = spawn_billing(Options::default()).await;
+    let base = format!("http://127.0.0.1:{}", billing.http_ports[0]);
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let request = client.get(format!("{base}{path}"));
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(get("/healthz").await.status(), 200);
+    let ready = get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap()["status"],
+        "ready"
+    );
+    let (id, body) = event("charge.captured");
+    billing.publish_event(&id, "charge.captured", &body).await;
+    eventually("the event is stored", Duration::from_secs(10), || async {
+        billing.event_count().await == 1
+    })
+    .await;
+    let metrics = get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_billing_events_total{outcome=\"ignored\"}")),
+        "{metrics}"
+    );
+    billing.stop().await;
+}

@@ -21,6 +21,8 @@ pub struct TestBilling {
     pub publisher: Publisher,
     pub db_proxy: Option<TcpProxy>,
     pub instances: Vec<(Stopper, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    /// Each instance's probes-and-metrics port, in start order.
+    pub http_ports: Vec<u16>,
     database_url: String,
     max_attempts: u32,
     plans_path: String,
@@ -76,6 +78,7 @@ pub async fn spawn_billing(options: Options) -> TestBilling {
         max_attempts: options.max_attempts,
         plans_path: options.plans_path.unwrap_or_else(plans_path),
         instances: Vec::new(),
+        http_ports: Vec::new(),
     };
     for _ in 0..options.instances {
         billing.start_instance().await;
@@ -95,6 +98,7 @@ impl TestBilling {
             ("DATABASE_URL", self.database_url.clone()),
             ("AMQP_URL", self.vhost.amqp_url()),
             ("BILLING_MAX_ATTEMPTS", self.max_attempts.to_string()),
+            ("BILLING_ADDR", "127.0.0.1:0".to_string()),
             ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
             ("TOLLGATE_PLANS", self.plans_path.clone()),
         ]);
@@ -106,6 +110,7 @@ impl TestBilling {
             "billing consuming"
         );
         let stopper = app.stopper();
+        self.http_ports.push(app.http_port());
         self.instances
             .push((stopper, tokio::spawn(app.run_until_stopped())));
     }
