@@ -183,6 +183,25 @@ pub struct Charge {
     pub payment_intent: Option<Expandable>,
 }
 
+/// An `invoice_payment` (API 2025-03-31 and later).
+#[derive(Debug, Deserialize)]
+pub struct InvoicePayment {
+    pub id: String,
+    pub invoice: Expandable,
+    #[serde(default)]
+    pub payment: Option<InvoicePaymentTarget>,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoicePaymentTarget {
+    #[serde(default)]
+    pub payment_intent: Option<Expandable>,
+    #[serde(default)]
+    pub charge: Option<Expandable>,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct CustomerDetails {
     #[serde(default)]

@@ -27,9 +27,13 @@ pub async fn snapshot(
 ) -> Result<Applied, ProcessError> {
     let dispute: Dispute = stripe::object(payload)?;
     let payment_intent = dispute.payment_intent.as_ref().map(|p| p.id());
-    // A dispute names only the payment: find whose it was (an invoice, or a top-up).
+    // A dispute names only the payment: find whose it was (an invoice — directly
+    // before API 2025-03-31, through its invoice_payment after — or a top-up).
     let stripe_customer: Option<String> = sqlx::query_scalar(
         "SELECT stripe_customer_id FROM invoices WHERE charge = $1 OR payment_intent = $2
+         UNION ALL
+         SELECT i.stripe_customer_id FROM invoice_payments p JOIN invoices i ON i.stripe_invoice_id = p.stripe_invoice_id
+          WHERE p.charge = $1 OR p.payment_intent = $2
          UNION ALL
          SELECT c.stripe_customer_id FROM credit_ledger l JOIN customers c ON c.id = l.customer_id
           WHERE l.payment_intent = $2 AND c.stripe_customer_id IS NOT NULL

@@ -4,6 +4,7 @@ mod checkout;
 pub mod credits;
 mod customer_events;
 mod disputes;
+mod invoice_payments;
 mod invoices;
 mod payment_methods;
 mod subscriptions;
@@ -61,6 +62,10 @@ pub async fn apply(
         | "invoice.payment_failed"
         | "invoice.voided"
         | "invoice.marked_uncollectible" => invoices::snapshot(tx, plans, envelope, payload).await,
+        "invoice_payment.paid"
+        | "invoice_payment.canceled"
+        | "invoice_payment.created"
+        | "invoice_payment.updated" => invoice_payments::link(tx, envelope, payload).await,
         _ => Ok(Applied::Ignored),
     }
 }

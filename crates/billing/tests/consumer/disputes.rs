@@ -215,3 +215,70 @@ async fn a_won_dispute_restores_access_whichever_of_its_events_comes_first() {
         billing.stop().await;
     }
 }
+
+/// `invoice_payment.paid` as API 2025-03-31 and later send it; the object follows
+/// the example on Stripe's API reference ("The Invoice Payment object",
+/// docs.stripe.com/api/invoice-payment/object), with our ids.
+fn invoice_payment_paid(invoice: &str, payment_intent: &str) -> (String, Vec<u8>) {
+    let event = serde_json::json!({
+        "id": "evt_invoice_payment_paid", "object": "event", "type": "invoice_payment.paid",
+        "api_version": "2025-03-31.basil", "created": T0 + 60, "livemode": false,
+        "data": { "object": {
+            "id": "inpay_1M3USa2eZvKYlo2CBjuwbq0N", "object": "invoice_payment",
+            "amount_paid": 2000, "amount_requested": 2000, "created": T0 + 60, "currency": "usd",
+            "invoice": invoice, "is_default": true, "livemode": false,
+            "payment": { "type": "payment_intent", "payment_intent": payment_intent },
+            "status": "paid",
+            "status_transitions": { "canceled_at": null, "paid_at": T0 + 60 }
+        }}
+    });
+    (
+        "evt_invoice_payment_paid".into(),
+        serde_json::to_vec(&event).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispute_on_a_2025_invoice_payment_finds_its_customer_through_the_invoice_payment() {
+    let revoking = plans_with_revocation();
+    let mut billing = spawn_billing(Options {
+        plans_path: Some(revoking.0.display().to_string()),
+        ..Options::default()
+    })
+    .await;
+    let (dispute, invoice) = dispute_and_its_invoice();
+    // The 2025 invoice names no payment at all.
+    let mut invoice_json: Value = serde_json::from_slice(&invoice.1).unwrap();
+    let object = invoice_json["data"]["object"].as_object_mut().unwrap();
+    object.remove("charge");
+    object.remove("payment_intent");
+    let invoice_id = object["id"].as_str().unwrap().to_string();
+    let invoice = (invoice.0, serde_json::to_vec(&invoice_json).unwrap());
+    paid_subscription(&billing, invoice).await;
+    let dispute_json: Value = serde_json::from_slice(&dispute.1).unwrap();
+    let payment_intent = dispute_json["data"]["object"]["payment_intent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    deliver(
+        &billing,
+        &[invoice_payment_paid(&invoice_id, &payment_intent)],
+    )
+    .await;
+    settle(&billing, 3).await;
+    deliver(&billing, &[dispute]).await;
+    settle(&billing, 4).await;
+    let (dispute_id, _) = dispute_row(&billing).await;
+    assert!(dispute_id.starts_with("dp_"));
+    assert_eq!(
+        access(&billing, CUS).await,
+        ("disputed".into(), "free".into())
+    );
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = 'evt_dispute'")
+            .fetch_one(&billing.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "processed", "applied at the first attempt");
+    billing.stop().await;
+}
