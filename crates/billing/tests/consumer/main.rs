@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod convergence;
 mod crash;
 mod credits;
 mod delivery;
