@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tollgate_broker::{Publisher, lapin};
 use tollgate_events::topology::{self, headers};
 use tollgate_plans::Plans;
+use tollgate_stripe::Refetcher;
 use tracing::{Instrument, error, info, warn};
 
 use crate::process::{self, Decoded, ProcessError};
@@ -28,6 +29,8 @@ use crate::process::{self, Decoded, ProcessError};
 pub struct Consumer {
     pub pool: PgPool,
     pub plans: Arc<Plans>,
+    /// Settles ambiguous same-second ties from the Stripe API (when configured).
+    pub refetcher: Arc<Refetcher>,
     /// Confirmed publishes of retries and dead letters.
     pub publisher: Publisher,
     pub amqp_url: String,
@@ -136,7 +139,9 @@ impl Consumer {
         async {
             let (event, result) = match process::decode(&delivery.data) {
                 Ok(event) => {
-                    let result = process::apply(&self.pool, &self.plans, &event, attempt).await;
+                    let result =
+                        process::apply(&self.pool, &self.plans, &self.refetcher, &event, attempt)
+                            .await;
                     (Some(event), result.map(|_| ()))
                 }
                 Err(e) => (None, Err(e)),

@@ -1,10 +1,14 @@
 //! Applying one message: decode, claim in the ledger, apply, commit — all or nothing.
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
+use tollgate_stripe::{Fallback, Fetched, Refetcher};
 
 use crate::ledger::{self, Applied, Claim};
+use crate::refetch::{Handled, Refetch};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -66,28 +70,70 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProcessError> {
 
 /// Applies the event once: the ledger row and every effect commit together, or
 /// nothing does.
+///
+/// A subscription or invoice snapshot that ties ambiguously with the stored one (and a
+/// Stripe client is configured) stops its handler: the transaction is rolled back, so
+/// no row lock or connection is held while the object is refetched (at most the
+/// configured timeout), and the event runs again with Stripe's copy (crate::refetch).
 pub async fn apply(
     pool: &PgPool,
     plans: &Plans,
+    refetcher: &Refetcher,
     event: &Decoded,
     attempt: u32,
 ) -> Result<Outcome, ProcessError> {
-    let mut tx = pool.begin().await?;
-    if ledger::claim(&mut tx, &event.envelope, &event.payload, attempt).await? == Claim::Duplicate {
-        tx.rollback().await?;
-        metrics::counter!("tollgate_billing_events_total", "outcome" => "duplicate").increment(1);
-        return Ok(Outcome::Duplicate);
+    let mut fetched: Option<Result<Arc<Fetched>, Fallback>> = None;
+    // Two runs at most: the second has the refetch's result and never asks again.
+    for _ in 0..2 {
+        let refetch = match &fetched {
+            None if refetcher.is_enabled() => Refetch::Ask,
+            None => Refetch::Off,
+            Some(result) => Refetch::Fetched(result.as_deref().ok()),
+        };
+        let mut tx = pool.begin().await?;
+        if ledger::claim(&mut tx, &event.envelope, &event.payload, attempt).await?
+            == Claim::Duplicate
+        {
+            tx.rollback().await?;
+            metrics::counter!("tollgate_billing_events_total", "outcome" => "duplicate")
+                .increment(1);
+            return Ok(Outcome::Duplicate);
+        }
+        let handled =
+            crate::handlers::apply(&mut tx, plans, refetch, &event.envelope, &event.payload)
+                .await?;
+        let applied = match handled {
+            Handled::Applied(applied) => applied,
+            Handled::Refetch(ambiguity) => {
+                tx.rollback().await?;
+                tracing::info!(
+                    object = ambiguity.kind.as_str(),
+                    id = ambiguity.id,
+                    second = ambiguity.second,
+                    "ambiguous same-second snapshots; refetching from Stripe"
+                );
+                fetched = Some(
+                    refetcher
+                        .refetch(ambiguity.kind, &ambiguity.id, ambiguity.not_before())
+                        .await,
+                );
+                continue;
+            }
+        };
+        // Types without a handler are stored and acknowledged ("ignored").
+        if applied == Applied::Ignored {
+            ledger::finish(&mut tx, &event.envelope.id, applied).await?;
+        }
+        tx.commit().await?;
+        let label = match applied {
+            Applied::Processed => "processed",
+            Applied::Ignored => "ignored",
+        };
+        metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
+        return Ok(Outcome::Applied(applied));
     }
-    // Types without a handler are stored and acknowledged ("ignored").
-    let applied = crate::handlers::apply(&mut tx, plans, &event.envelope, &event.payload).await?;
-    if applied == Applied::Ignored {
-        ledger::finish(&mut tx, &event.envelope.id, applied).await?;
-    }
-    tx.commit().await?;
-    let label = match applied {
-        Applied::Processed => "processed",
-        Applied::Ignored => "ignored",
-    };
-    metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
-    Ok(Outcome::Applied(applied))
+    // Unreachable by construction; retried like any transient failure if it ever is not.
+    Err(ProcessError::Transient(
+        "a handler asked for a second refetch".into(),
+    ))
 }
