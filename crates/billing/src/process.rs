@@ -73,8 +73,8 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProcessError> {
 ///
 /// A subscription or invoice snapshot that ties ambiguously with the stored one (and a
 /// Stripe client is configured) stops its handler: the transaction is rolled back, so
-/// no row lock or connection is held while the object is refetched (at most the
-/// configured timeout), and the event runs again with Stripe's copy (crate::refetch).
+/// no row lock or connection is held while the object is refetched (bounded by
+/// `STRIPE_TIMEOUT_MS`), and the event runs again with Stripe's copy (crate::refetch).
 pub async fn apply(
     pool: &PgPool,
     plans: &Plans,
