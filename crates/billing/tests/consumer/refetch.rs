@@ -325,7 +325,12 @@ async fn stripe_failing_falls_back_and_every_event_is_applied() {
     for (sub, reply) in &cases {
         stand_in.reply("GET", &format!("/v1/subscriptions/{sub}"), reply.clone());
     }
-    let mut billing = spawn_billing(with_stripe(&stand_in, &[("STRIPE_TIMEOUT_MS", "300")])).await;
+    // Seven refetches at once: more than the default bucket's one-second burst.
+    let mut billing = spawn_billing(with_stripe(
+        &stand_in,
+        &[("STRIPE_TIMEOUT_MS", "300"), ("STRIPE_REFETCH_RATE", "100")],
+    ))
+    .await;
     let events: Vec<_> = cases
         .iter()
         .flat_map(|(sub, _)| tie(sub, &format!("cus_{sub}")))
