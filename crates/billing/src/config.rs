@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use tollgate_runtime::config::{ConfigError, Env, redact_url};
+use tollgate_stripe::StripeConfig;
 
 /// Everything billing reads from its environment (see README, "Configuration").
 #[derive(Clone)]
@@ -32,6 +33,10 @@ pub struct Config {
     pub outbox_relay: bool,
     /// `BILLING_PAYLOAD_RETENTION_DAYS`, default 90; 0 keeps payloads forever.
     pub payload_retention_days: u32,
+    /// `STRIPE_SECRET_KEY` (optional), `STRIPE_API_BASE`, `STRIPE_TIMEOUT_MS`,
+    /// `STRIPE_REFETCH_RATE`: with a key, ambiguous same-second ties are settled by
+    /// refetching the object; without one billing never calls Stripe.
+    pub stripe: StripeConfig,
 }
 
 impl Config {
@@ -81,6 +86,7 @@ impl Config {
             )?,
             outbox_relay: env.flag("BILLING_OUTBOX_RELAY", true)?,
             payload_retention_days: env.or("BILLING_PAYLOAD_RETENTION_DAYS", 90)?,
+            stripe: StripeConfig::from_env(env)?,
         })
     }
 }
@@ -100,6 +106,7 @@ impl std::fmt::Debug for Config {
             .field("plans_path", &self.plans_path)
             .field("outbox_relay", &self.outbox_relay)
             .field("payload_retention_days", &self.payload_retention_days)
+            .field("stripe", &self.stripe)
             .finish()
     }
 }
@@ -126,6 +133,18 @@ mod tests {
         assert_eq!((config.workers, config.batch_max), (4, 32));
         assert_eq!(config.max_attempts, 6);
         assert!(!format!("{config:?}").contains("secret"));
+        assert!(
+            config.stripe.secret_key.is_none(),
+            "no Stripe calls by default"
+        );
+        let with_key = Env::from_pairs([
+            ("AMQP_URL", "amqp://x"),
+            ("DATABASE_URL", "postgres://db/app"),
+            ("STRIPE_SECRET_KEY", "sk_test_hush"),
+        ]);
+        let config = Config::from_env(&with_key).unwrap();
+        assert!(config.stripe.secret_key.is_some());
+        assert!(!format!("{config:?}").contains("hush"));
         let bad = Env::from_pairs([
             ("AMQP_URL", "amqp://x"),
             ("DATABASE_URL", "postgres://db/app"),

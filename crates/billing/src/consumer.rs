@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tollgate_broker::{Publisher, lapin};
 use tollgate_events::topology::{self, headers};
 use tollgate_plans::Plans;
+use tollgate_stripe::Refetcher;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::process::{self, Decoded, ProcessError};
@@ -28,6 +29,8 @@ use crate::process::{self, Decoded, ProcessError};
 pub struct Consumer {
     pub pool: PgPool,
     pub plans: Arc<Plans>,
+    /// Settles ambiguous same-second ties from the Stripe API (when configured).
+    pub refetcher: Arc<Refetcher>,
     /// Confirmed publishes of retries and dead letters.
     pub publisher: Publisher,
     pub amqp_url: String,
@@ -174,7 +177,7 @@ impl Consumer {
                     (event, attempt_of(&delivery.properties))
                 })
                 .collect();
-            let applied = process::apply_batch(&self.pool, &self.plans, &events)
+            let applied = process::apply_batch(&self.pool, &self.plans, &self.refetcher, &events)
                 .instrument(span)
                 .await;
             match applied {
@@ -212,7 +215,9 @@ impl Consumer {
         async {
             let (event, result) = match event {
                 Ok(event) => {
-                    let result = process::apply(&self.pool, &self.plans, &event, attempt).await;
+                    let result =
+                        process::apply(&self.pool, &self.plans, &self.refetcher, &event, attempt)
+                            .await;
                     (Some(event), result.map(|_| ()))
                 }
                 Err(e) => (None, Err(e)),

@@ -5,7 +5,8 @@
 //! transaction as its effects), retries with backoff through delay queues for
 //! transient failures, dead-lettering with the error for poison messages, and
 //! the checkout and subscription handlers with the ordering gate and derived
-//! access (docs/billing-state.md).
+//! access, and the Stripe refetch that settles ambiguous same-second ties
+//! (docs/billing-state.md).
 
 pub mod config;
 pub mod consumer;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod ledger;
 pub mod outbox;
 pub mod process;
+pub mod refetch;
 pub mod retention;
 pub mod startup;
 pub mod stripe;

@@ -1,11 +1,15 @@
 //! Applying one message: decode, claim in the ledger, apply, commit — all or nothing.
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
+use tollgate_stripe::{Fallback, Fetched, Refetcher};
 use tracing::Instrument;
 
 use crate::ledger::{self, Applied, Claim};
+use crate::refetch::{Handled, Refetch};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -85,14 +89,72 @@ impl Decoded {
 
 /// Applies the event once: the ledger row and every effect commit together, or
 /// nothing does.
+///
+/// A subscription or invoice snapshot that ties ambiguously with the stored one (and a
+/// Stripe client is configured) stops its handler: the transaction is rolled back, so
+/// no row lock or connection is held while the object is refetched (bounded by
+/// `STRIPE_TIMEOUT_MS`), and the event runs again with Stripe's copy (crate::refetch).
 pub async fn apply(
     pool: &PgPool,
     plans: &Plans,
+    refetcher: &Refetcher,
     event: &Decoded,
     attempt: u32,
 ) -> Result<Outcome, ProcessError> {
-    let mut outcomes = apply_batch(pool, plans, &[(event, attempt)]).await?;
-    Ok(outcomes.pop().expect("one outcome per event"))
+    let mut fetched: Option<Result<Arc<Fetched>, Fallback>> = None;
+    // Two runs at most: the second has the refetch's result and never asks again.
+    for _ in 0..2 {
+        let refetch = match &fetched {
+            None if refetcher.is_enabled() => Refetch::Ask,
+            None => Refetch::Off,
+            Some(result) => Refetch::Fetched(result.as_deref().ok()),
+        };
+        let mut tx = pool.begin().await?;
+        if ledger::claim(&mut tx, &event.envelope, &event.payload, attempt).await?
+            == Claim::Duplicate
+        {
+            tx.rollback().await?;
+            metrics::counter!("tollgate_billing_events_total", "outcome" => "duplicate")
+                .increment(1);
+            return Ok(Outcome::Duplicate);
+        }
+        let handled =
+            crate::handlers::apply(&mut tx, plans, refetch, &event.envelope, &event.payload)
+                .await?;
+        let applied = match handled {
+            Handled::Applied(applied) => applied,
+            Handled::Refetch(ambiguity) => {
+                tx.rollback().await?;
+                tracing::info!(
+                    object = ambiguity.kind.as_str(),
+                    id = ambiguity.id,
+                    second = ambiguity.second,
+                    "ambiguous same-second snapshots; refetching from Stripe"
+                );
+                fetched = Some(
+                    refetcher
+                        .refetch(ambiguity.kind, &ambiguity.id, ambiguity.not_before())
+                        .await,
+                );
+                continue;
+            }
+        };
+        // Types without a handler are stored and acknowledged ("ignored").
+        if applied == Applied::Ignored {
+            ledger::finish(&mut tx, &event.envelope.id, applied).await?;
+        }
+        tx.commit().await?;
+        let label = match applied {
+            Applied::Processed => "processed",
+            Applied::Ignored => "ignored",
+        };
+        metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
+        return Ok(Outcome::Applied(applied));
+    }
+    // Unreachable by construction; retried like any transient failure if it ever is not.
+    Err(ProcessError::Transient(
+        "a handler asked for a second refetch".into(),
+    ))
 }
 
 /// Applies several events in ONE transaction (group commit): each is claimed in
@@ -102,9 +164,12 @@ pub async fn apply(
 ///
 /// Events about one customer keep their relative order; customers are visited in
 /// a fixed order so that concurrent batches take row locks in the same order.
+/// An event whose snapshot ties ambiguously fails the batch too: applied alone,
+/// it gets its refetch outside any transaction.
 pub async fn apply_batch(
     pool: &PgPool,
     plans: &Plans,
+    refetcher: &Refetcher,
     events: &[(&Decoded, u32)],
 ) -> Result<Vec<Outcome>, ProcessError> {
     let mut order: Vec<usize> = (0..events.len()).collect();
@@ -115,7 +180,7 @@ pub async fn apply_batch(
         let (event, attempt) = events[i];
         let span = tracing::debug_span!("apply_event", event_id = %event.envelope.id,
                                         event_type = %event.envelope.event_type);
-        let outcome = apply_in(&mut tx, plans, event, attempt)
+        let outcome = apply_in(&mut tx, plans, refetcher, event, attempt)
             .instrument(span)
             .await?;
         outcomes[i] = Some(outcome);
@@ -139,6 +204,7 @@ pub async fn apply_batch(
 async fn apply_in(
     tx: &mut crate::customers::Tx,
     plans: &Plans,
+    refetcher: &Refetcher,
     event: &Decoded,
     attempt: u32,
 ) -> Result<Outcome, ProcessError> {
@@ -147,8 +213,23 @@ async fn apply_in(
     if ledger::claim(tx, &event.envelope, &event.payload, attempt).await? == Claim::Duplicate {
         return Ok(Outcome::Duplicate);
     }
+    let refetch = if refetcher.is_enabled() {
+        Refetch::Ask
+    } else {
+        Refetch::Off
+    };
+    let handled =
+        crate::handlers::apply(tx, plans, refetch, &event.envelope, &event.payload).await?;
+    let applied = match handled {
+        Handled::Applied(applied) => applied,
+        Handled::Refetch(_) => {
+            return Err(ProcessError::Transient(format!(
+                "event {} needs a refetch; applying it alone",
+                event.envelope.id
+            )));
+        }
+    };
     // Types without a handler are stored and acknowledged ("ignored").
-    let applied = crate::handlers::apply(tx, plans, &event.envelope, &event.payload).await?;
     if applied == Applied::Ignored {
         ledger::finish(tx, &event.envelope.id, applied).await?;
     }

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tollgate_broker::{Publisher, PublisherConfig};
 use tollgate_plans::Plans;
+use tollgate_stripe::Refetcher;
 
 use crate::config::Config;
 use crate::consumer::Consumer;
@@ -15,6 +16,7 @@ use crate::db;
 
 pub struct Application {
     pool: PgPool,
+    refetcher: Arc<Refetcher>,
     publisher: Publisher,
     consuming: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
@@ -34,6 +36,9 @@ impl Application {
         );
         let pool = db::pool(&config.database_url, config.database_max_connections)
             .context("DATABASE_URL")?;
+        let refetcher = Arc::new(
+            Refetcher::from_config(&config.stripe).context("the Stripe client (STRIPE_*)")?,
+        );
         if config.migrate {
             db::MIGRATOR
                 .run(&pool)
@@ -52,6 +57,7 @@ impl Application {
         let consumer = Arc::new(Consumer {
             pool: pool.clone(),
             plans,
+            refetcher: refetcher.clone(),
             publisher: publisher.clone(),
             amqp_url: config.amqp_url.clone(),
             prefetch: config.prefetch,
@@ -81,6 +87,7 @@ impl Application {
             http,
             http_port,
             pool,
+            refetcher,
             publisher,
             consuming,
             stop,
@@ -97,6 +104,11 @@ impl Application {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The Stripe refetcher (its per-outcome counts are what tests assert).
+    pub fn refetcher(&self) -> Arc<Refetcher> {
+        self.refetcher.clone()
     }
 
     /// Waits until the consumer is attached to the queue (and the publisher connected).

@@ -344,6 +344,14 @@ pub fn object<T: serde::de::DeserializeOwned>(
     let object = payload
         .pointer("/data/object")
         .ok_or_else(|| crate::process::ProcessError::Poison("event has no data.object".into()))?;
+    decode(object)
+}
+
+/// A Stripe object decoded as `T`: an event's `data.object`, or the same object
+/// retrieved from the API (a refetch takes exactly the webhook's path).
+pub fn decode<T: serde::de::DeserializeOwned>(
+    object: &serde_json::Value,
+) -> Result<T, crate::process::ProcessError> {
     T::deserialize(object).map_err(|e| {
         crate::process::ProcessError::Poison(format!("cannot decode data.object: {e}"))
     })

@@ -38,3 +38,77 @@ pub fn unix_now() -> i64 {
 pub fn signed_headers(secret: &str, body: &[u8]) -> String {
     sign_header(&SigningSecret::new(secret), unix_now(), body)
 }
+
+/// One of Stripe's own example objects (`objects/<name>.openapi-fixtures3.json`), e.g.
+/// `stripe_object("subscription")`: what the API answers for a retrieve.
+pub fn stripe_object(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&stripe_fixture(&format!(
+        "objects/{name}.openapi-fixtures3.json"
+    )))
+    .expect("fixture is JSON")
+}
+
+/// Stripe's example subscription, made a live one of ours: `id` of `customer` in `status`
+/// on `price` (one item, a 30-day period from 2025-10-09), not cancelling.
+pub fn subscription_object(
+    id: &str,
+    customer: &str,
+    status: &str,
+    price: &str,
+) -> serde_json::Value {
+    const PERIOD_START: i64 = 1_760_000_000;
+    let mut object = stripe_object("subscription");
+    object["id"] = id.into();
+    object["customer"] = customer.into();
+    object["status"] = status.into();
+    for field in ["cancel_at", "canceled_at", "ended_at", "trial_end"] {
+        object[field] = serde_json::Value::Null;
+    }
+    object["cancel_at_period_end"] = false.into();
+    object["pause_collection"] = serde_json::Value::Null;
+    let item = &mut object["items"]["data"][0];
+    item["subscription"] = id.into();
+    item["price"]["id"] = price.into();
+    item["plan"]["id"] = price.into();
+    item["current_period_start"] = PERIOD_START.into();
+    item["current_period_end"] = (PERIOD_START + 30 * 86_400).into();
+    object
+}
+
+/// Stripe's example invoice (2025 shape: the subscription under `parent`), made ours:
+/// `id` of `customer` for `subscription`, in `status` (`open` ones attempted and unpaid,
+/// `paid` ones paid in full), created at `created`.
+pub fn invoice_object(
+    id: &str,
+    customer: &str,
+    subscription: &str,
+    status: &str,
+    created: i64,
+) -> serde_json::Value {
+    let mut object = stripe_object("invoice");
+    object["id"] = id.into();
+    object["customer"] = customer.into();
+    object["parent"] = serde_json::json!({
+        "type": "subscription_details", "quote_details": null,
+        "subscription_details": { "metadata": {}, "subscription": subscription }
+    });
+    object["status"] = status.into();
+    object["created"] = created.into();
+    object["billing_reason"] = "subscription_cycle".into();
+    let amount = object["amount_due"].clone();
+    match status {
+        "paid" => {
+            object["attempted"] = true.into();
+            object["attempt_count"] = 1.into();
+            object["amount_paid"] = amount;
+            object["amount_remaining"] = 0.into();
+            object["status_transitions"]["paid_at"] = created.into();
+        }
+        "open" => {
+            object["attempted"] = true.into();
+            object["attempt_count"] = 1.into();
+        }
+        _ => {}
+    }
+    object
+}

@@ -1,15 +1,20 @@
 //! What integration tests share: a RabbitMQ vhost and a PostgreSQL database of
 //! their own, a TCP proxy
-//! that can cut a service off from its broker, and real Stripe payloads signed
-//! the way Stripe signs them.
+//! that can cut a service off from its broker, real Stripe payloads signed
+//! the way Stripe signs them, and a stand-in for the Stripe API.
 
 pub mod amqp;
 pub mod fixtures;
 pub mod postgres;
 pub mod proxy;
 pub mod rabbitmq;
+pub mod stripe_stand_in;
 
-pub use fixtures::{fresh_event, signed_headers, stripe_fixture, unix_now};
+pub use fixtures::{
+    fresh_event, invoice_object, signed_headers, stripe_fixture, stripe_object,
+    subscription_object, unix_now,
+};
 pub use postgres::TestDatabase;
 pub use proxy::TcpProxy;
 pub use rabbitmq::TestVhost;
+pub use stripe_stand_in::{RecordedRequest, Reply, StripeStandIn};

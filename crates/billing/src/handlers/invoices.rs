@@ -2,12 +2,15 @@
 //! transaction history in step with it, then derive access (a failed payment
 //! revokes at once, a paid invoice restores).
 
+use chrono::{DateTime, Utc};
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
+use tollgate_stripe::ObjectKind;
 
 use crate::customers::{self, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
+use crate::refetch::{self, Handled, Refetch, Settled, SnapshotKey};
 use crate::stripe::{self, Invoice, at};
 
 fn status_rank(status: &str) -> i32 {
@@ -33,28 +36,161 @@ pub fn snapshot_rank(status: &str, event_type: &str) -> i32 {
     status_rank(status) * 4 + type_rank(event_type)
 }
 
+/// The columns an invoice snapshot decides (the ordering key aside). What paid it
+/// (payment intent, charge) is merged, not replaced, so it is not part of the comparison.
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+pub struct InvoiceRow {
+    stripe_customer_id: String,
+    stripe_subscription_id: Option<String>,
+    status: String,
+    number: Option<String>,
+    billing_reason: Option<String>,
+    currency: String,
+    amount_due: i64,
+    amount_paid: i64,
+    amount_remaining: i64,
+    attempted: bool,
+    attempt_count: i32,
+    hosted_invoice_url: Option<String>,
+    invoice_pdf: Option<String>,
+    invoice_created: i64,
+    period_start: Option<DateTime<Utc>>,
+    period_end: Option<DateTime<Utc>>,
+    paid_at: Option<DateTime<Utc>>,
+}
+
+impl InvoiceRow {
+    fn new(invoice: &Invoice) -> Result<Self, ProcessError> {
+        if invoice.currency.len() != 3 {
+            return Err(ProcessError::Poison(format!(
+                "invoice {} has currency {:?}",
+                invoice.id, invoice.currency
+            )));
+        }
+        Ok(Self {
+            stripe_customer_id: invoice.customer.id().to_string(),
+            stripe_subscription_id: invoice.subscription_id().map(str::to_string),
+            status: invoice.status.clone().unwrap_or_else(|| "open".into()),
+            number: invoice.number.clone(),
+            billing_reason: invoice.billing_reason.clone(),
+            currency: invoice.currency.to_ascii_lowercase(),
+            amount_due: invoice.amount_due,
+            amount_paid: invoice.amount_paid,
+            amount_remaining: invoice.amount_remaining,
+            attempted: invoice.attempted.unwrap_or(false),
+            attempt_count: invoice.attempt_count.unwrap_or(0),
+            hosted_invoice_url: invoice.hosted_invoice_url.clone(),
+            invoice_pdf: invoice.invoice_pdf.clone(),
+            invoice_created: invoice.created,
+            period_start: at(invoice.period_start),
+            period_end: at(invoice.period_end),
+            paid_at: at(invoice.paid_at()),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Stored {
+    #[sqlx(flatten)]
+    row: InvoiceRow,
+    #[sqlx(flatten)]
+    key: SnapshotKey,
+}
+
 pub async fn snapshot(
     tx: &mut Tx,
     plans: &Plans,
+    refetch: Refetch<'_>,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
-) -> Result<Applied, ProcessError> {
+) -> Result<Handled, ProcessError> {
     let invoice: Invoice = stripe::object(payload)?;
-    let status = invoice.status.clone().unwrap_or_else(|| "open".into());
-    if invoice.currency.len() != 3 {
-        return Err(ProcessError::Poison(format!(
-            "invoice {} has currency {:?}",
-            invoice.id, invoice.currency
-        )));
-    }
+    let row = InvoiceRow::new(&invoice)?;
     let customer_id = customers::lock_or_create(tx, invoice.customer.id()).await?;
+    let key = SnapshotKey::of_event(envelope, snapshot_rank(&row.status, &envelope.event_type));
+    // The stored key is read only when a tie could be settled by Stripe.
+    let stored = match refetch {
+        Refetch::Off => None,
+        _ => stored(tx, &invoice.id).await?,
+    };
+    let decode = |object: &serde_json::Value| {
+        let fetched: Invoice = stripe::decode(object).map_err(|e| e.to_string())?;
+        if fetched.id != invoice.id || fetched.customer.id() != invoice.customer.id() {
+            return Err(format!(
+                "Stripe returned invoice {} of customer {}",
+                fetched.id,
+                fetched.customer.id()
+            ));
+        }
+        let row = InvoiceRow::new(&fetched).map_err(|e| e.to_string())?;
+        Ok((row, Paid::of(&fetched)))
+    };
+    let stored = stored.as_ref().map(|s| refetch::Stored {
+        key: &s.key,
+        same_row: s.row == row,
+    });
+    let (write_row, key) = match refetch::settle(
+        refetch,
+        (ObjectKind::Invoice, &invoice.id),
+        stored,
+        (row, Paid::of(&invoice)),
+        key,
+        decode,
+    ) {
+        Settled::Write(row, key) => (row, key),
+        Settled::Refetch(ambiguity) => return Ok(Handled::Refetch(ambiguity)),
+    };
+    write(tx, &invoice.id, &write_row, &key).await?;
+    sync_transaction(tx, customer_id, &invoice.id).await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    Ok(Applied::Processed.into())
+}
+
+/// What paid an invoice (before 2025 API versions): kept once known, so merged rather
+/// than compared.
+#[derive(Debug)]
+struct Paid {
+    payment_intent: Option<String>,
+    charge: Option<String>,
+}
+
+impl Paid {
+    fn of(invoice: &Invoice) -> Self {
+        Self {
+            payment_intent: invoice.payment_intent.as_ref().map(|p| p.id().to_string()),
+            charge: invoice.charge.as_ref().map(|c| c.id().to_string()),
+        }
+    }
+}
+
+async fn stored(tx: &mut Tx, invoice_id: &str) -> Result<Option<Stored>, ProcessError> {
+    Ok(sqlx::query_as(
+        "SELECT stripe_customer_id, stripe_subscription_id, status, number, billing_reason, currency, amount_due,
+                amount_paid, amount_remaining, attempted, attempt_count, hosted_invoice_url, invoice_pdf,
+                invoice_created, period_start, period_end, paid_at,
+                snapshot_created, snapshot_rank, snapshot_event_id, snapshot_refetched_at
+           FROM invoices WHERE stripe_invoice_id = $1",
+    )
+    .bind(invoice_id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// Stores the row if its key is the greatest (the rule of `subscriptions::write`).
+async fn write(
+    tx: &mut Tx,
+    invoice_id: &str,
+    (row, paid): &(InvoiceRow, Paid),
+    key: &SnapshotKey,
+) -> Result<(), ProcessError> {
     sqlx::query(
         "INSERT INTO invoices (stripe_invoice_id, stripe_customer_id, stripe_subscription_id, status, number, billing_reason,
                                currency, amount_due, amount_paid, amount_remaining, attempted, attempt_count,
                                hosted_invoice_url, invoice_pdf, invoice_created, period_start, period_end, paid_at,
-                               snapshot_created, snapshot_rank, snapshot_event_id, payment_intent, charge)
-         VALUES ($1, $2, $3, $4, $5, $6, lower($7), $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-                 $22, $23)
+                               snapshot_created, snapshot_rank, snapshot_event_id, snapshot_refetched_at,
+                               payment_intent, charge)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                 $22, $23, $24)
          ON CONFLICT (stripe_invoice_id) DO UPDATE SET
              stripe_subscription_id = EXCLUDED.stripe_subscription_id, status = EXCLUDED.status,
              number = EXCLUDED.number, billing_reason = EXCLUDED.billing_reason, currency = EXCLUDED.currency,
@@ -65,39 +201,44 @@ pub async fn snapshot(
              period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end, paid_at = EXCLUDED.paid_at,
              snapshot_created = EXCLUDED.snapshot_created, snapshot_rank = EXCLUDED.snapshot_rank,
              snapshot_event_id = EXCLUDED.snapshot_event_id,
+             snapshot_refetched_at = EXCLUDED.snapshot_refetched_at,
              payment_intent = COALESCE(EXCLUDED.payment_intent, invoices.payment_intent),
              charge = COALESCE(EXCLUDED.charge, invoices.charge), updated_at = now()
-           WHERE (invoices.snapshot_created, invoices.snapshot_rank, invoices.snapshot_event_id)
-               < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank, EXCLUDED.snapshot_event_id)",
+           WHERE (invoices.snapshot_created, invoices.snapshot_rank)
+                   < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank)
+              OR ((invoices.snapshot_created, invoices.snapshot_rank)
+                   = (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank)
+                  AND (EXCLUDED.snapshot_refetched_at IS NOT NULL
+                       OR (invoices.snapshot_refetched_at IS NULL
+                           AND invoices.snapshot_event_id < EXCLUDED.snapshot_event_id)))",
     )
-    .bind(&invoice.id)
-    .bind(invoice.customer.id())
-    .bind(invoice.subscription_id())
-    .bind(&status)
-    .bind(&invoice.number)
-    .bind(&invoice.billing_reason)
-    .bind(&invoice.currency)
-    .bind(invoice.amount_due)
-    .bind(invoice.amount_paid)
-    .bind(invoice.amount_remaining)
-    .bind(invoice.attempted.unwrap_or(false))
-    .bind(invoice.attempt_count.unwrap_or(0))
-    .bind(&invoice.hosted_invoice_url)
-    .bind(&invoice.invoice_pdf)
-    .bind(invoice.created)
-    .bind(at(invoice.period_start))
-    .bind(at(invoice.period_end))
-    .bind(at(invoice.paid_at()))
-    .bind(envelope.created)
-    .bind(snapshot_rank(&status, &envelope.event_type))
-    .bind(&envelope.id)
-    .bind(invoice.payment_intent.as_ref().map(|p| p.id()))
-    .bind(invoice.charge.as_ref().map(|c| c.id()))
+    .bind(invoice_id)
+    .bind(&row.stripe_customer_id)
+    .bind(&row.stripe_subscription_id)
+    .bind(&row.status)
+    .bind(&row.number)
+    .bind(&row.billing_reason)
+    .bind(&row.currency)
+    .bind(row.amount_due)
+    .bind(row.amount_paid)
+    .bind(row.amount_remaining)
+    .bind(row.attempted)
+    .bind(row.attempt_count)
+    .bind(&row.hosted_invoice_url)
+    .bind(&row.invoice_pdf)
+    .bind(row.invoice_created)
+    .bind(row.period_start)
+    .bind(row.period_end)
+    .bind(row.paid_at)
+    .bind(key.snapshot_created)
+    .bind(key.snapshot_rank)
+    .bind(&key.snapshot_event_id)
+    .bind(key.snapshot_refetched_at)
+    .bind(&paid.payment_intent)
+    .bind(&paid.charge)
     .execute(&mut **tx)
     .await?;
-    sync_transaction(tx, customer_id, &invoice.id).await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
-    Ok(Applied::Processed)
+    Ok(())
 }
 
 /// The subscription-payment transaction mirrors the *stored* invoice, so it is as

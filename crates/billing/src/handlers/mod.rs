@@ -15,15 +15,18 @@ use tollgate_plans::Plans;
 use crate::customers::Tx;
 use crate::ledger::Applied;
 use crate::process::ProcessError;
+use crate::refetch::{Handled, Refetch};
 
-/// Applies one event's effects inside the ledger transaction.
+/// Applies one event's effects inside the ledger transaction. Subscription and invoice
+/// snapshots may stop instead, to have their object refetched (crate::refetch).
 pub async fn apply(
     tx: &mut Tx,
     plans: &Plans,
+    refetch: Refetch<'_>,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
-) -> Result<Applied, ProcessError> {
-    match envelope.event_type.as_str() {
+) -> Result<Handled, ProcessError> {
+    let applied = match envelope.event_type.as_str() {
         "checkout.session.completed" => checkout::completed(tx, plans, envelope, payload).await,
         "checkout.session.async_payment_succeeded" => {
             credits::checkout_payment(tx, envelope, payload).await
@@ -52,7 +55,7 @@ pub async fn apply(
         | "customer.subscription.updated"
         | "customer.subscription.deleted"
         | "customer.subscription.trial_will_end" => {
-            subscriptions::snapshot(tx, plans, envelope, payload).await
+            return subscriptions::snapshot(tx, plans, refetch, envelope, payload).await;
         }
         "invoice.created"
         | "invoice.finalized"
@@ -61,13 +64,16 @@ pub async fn apply(
         | "invoice.payment_succeeded"
         | "invoice.payment_failed"
         | "invoice.voided"
-        | "invoice.marked_uncollectible" => invoices::snapshot(tx, plans, envelope, payload).await,
+        | "invoice.marked_uncollectible" => {
+            return invoices::snapshot(tx, plans, refetch, envelope, payload).await;
+        }
         "invoice_payment.paid"
         | "invoice_payment.canceled"
         | "invoice_payment.created"
         | "invoice_payment.updated" => invoice_payments::link(tx, envelope, payload).await,
         _ => Ok(Applied::Ignored),
-    }
+    };
+    applied.map(Handled::Applied)
 }
 
 /// Same-second tie-breaker for objects whose lifecycle is created → attached →

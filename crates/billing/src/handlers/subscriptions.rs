@@ -1,11 +1,14 @@
 //! `customer.subscription.*`: store the snapshot if it is the latest, then derive access.
 
+use chrono::{DateTime, Utc};
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
+use tollgate_stripe::ObjectKind;
 
 use crate::customers::{self, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
+use crate::refetch::{self, Handled, Refetch, Settled, SnapshotKey};
 use crate::stripe::{self, Subscription, at};
 
 /// Same-second tie-breaker: later lifecycle states rank higher (docs/billing-state.md).
@@ -37,27 +40,155 @@ pub fn snapshot_rank(status: &str, event_type: &str) -> i32 {
     status_rank(status) * 4 + type_rank(event_type)
 }
 
+/// The columns a subscription snapshot decides (the ordering key aside).
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+pub struct SubscriptionRow {
+    stripe_customer_id: String,
+    status: String,
+    price_id: Option<String>,
+    product_id: Option<String>,
+    tier: String,
+    plan: Option<String>,
+    billing_interval: Option<String>,
+    current_period_start: Option<DateTime<Utc>>,
+    current_period_end: Option<DateTime<Utc>>,
+    cancel_at_period_end: bool,
+    canceled_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    trial_end: Option<DateTime<Utc>>,
+}
+
+impl SubscriptionRow {
+    fn new(subscription: &Subscription, plans: &Plans) -> Self {
+        let price = subscription.price();
+        let price_id = price.map(|p| p.id.clone());
+        let tier = price_id
+            .as_deref()
+            .map_or(plans.default_tier(), |id| plans.tier_for_price(id));
+        let plan = price_id
+            .as_deref()
+            .and_then(|id| plans.price(id))
+            .map(|p| p.plan.clone());
+        let (period_start, period_end) = subscription.period();
+        Self {
+            stripe_customer_id: subscription.customer.id().to_string(),
+            status: subscription.status.clone(),
+            product_id: price
+                .and_then(|p| p.product.as_ref())
+                .map(|p| p.id().to_string()),
+            billing_interval: price
+                .and_then(|p| p.recurring.as_ref())
+                .map(|r| r.interval.clone()),
+            price_id,
+            tier: tier.to_string(),
+            plan,
+            current_period_start: at(period_start),
+            current_period_end: at(period_end),
+            cancel_at_period_end: subscription.cancel_at_period_end.unwrap_or(false),
+            canceled_at: at(subscription.canceled_at),
+            ended_at: at(subscription.ended_at),
+            trial_end: at(subscription.trial_end),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Stored {
+    #[sqlx(flatten)]
+    row: SubscriptionRow,
+    #[sqlx(flatten)]
+    key: SnapshotKey,
+}
+
 pub async fn snapshot(
     tx: &mut Tx,
     plans: &Plans,
+    refetch: Refetch<'_>,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
-) -> Result<Applied, ProcessError> {
+) -> Result<Handled, ProcessError> {
     let subscription: Subscription = stripe::object(payload)?;
     let customer_id = customers::lock_or_create(tx, subscription.customer.id()).await?;
-    let price = subscription.price();
-    let price_id = price.map(|p| p.id.as_str());
-    let tier = price_id.map_or(plans.default_tier(), |id| plans.tier_for_price(id));
-    let plan = price_id
-        .and_then(|id| plans.price(id))
-        .map(|p| p.plan.as_str());
-    let (period_start, period_end) = subscription.period();
-    let rank = snapshot_rank(&subscription.status, &envelope.event_type);
+    let row = SubscriptionRow::new(&subscription, plans);
+    // The plan-change history follows the event, whatever snapshot is stored.
+    let event_tier = row.tier.clone();
+    let key = SnapshotKey::of_event(
+        envelope,
+        snapshot_rank(&subscription.status, &envelope.event_type),
+    );
+    // The stored key is read only when a tie could be settled by Stripe.
+    let stored = match refetch {
+        Refetch::Off => None,
+        _ => stored(tx, &subscription.id).await?,
+    };
+    let decode = |object: &serde_json::Value| {
+        let fetched: Subscription = stripe::decode(object).map_err(|e| e.to_string())?;
+        if fetched.id != subscription.id || fetched.customer.id() != subscription.customer.id() {
+            return Err(format!(
+                "Stripe returned subscription {} of customer {}",
+                fetched.id,
+                fetched.customer.id()
+            ));
+        }
+        Ok(SubscriptionRow::new(&fetched, plans))
+    };
+    let stored = stored.as_ref().map(|s| refetch::Stored {
+        key: &s.key,
+        same_row: s.row == row,
+    });
+    let (row, key) = match refetch::settle(
+        refetch,
+        (ObjectKind::Subscription, &subscription.id),
+        stored,
+        row,
+        key,
+        decode,
+    ) {
+        Settled::Write(row, key) => (row, key),
+        Settled::Refetch(ambiguity) => return Ok(Handled::Refetch(ambiguity)),
+    };
+    write(tx, &subscription.id, &row, &key).await?;
+    record_change(
+        tx,
+        plans,
+        envelope,
+        payload,
+        &subscription,
+        customer_id,
+        &event_tier,
+    )
+    .await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    Ok(Applied::Processed.into())
+}
+
+async fn stored(tx: &mut Tx, subscription_id: &str) -> Result<Option<Stored>, ProcessError> {
+    Ok(sqlx::query_as(
+        "SELECT stripe_customer_id, status, price_id, product_id, tier, plan, billing_interval,
+                current_period_start, current_period_end, cancel_at_period_end, canceled_at, ended_at,
+                trial_end, snapshot_created, snapshot_rank, snapshot_event_id, snapshot_refetched_at
+           FROM subscriptions WHERE stripe_subscription_id = $1",
+    )
+    .bind(subscription_id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// Stores the row if its key is the greatest: a greater (created, rank), or the same
+/// (created, rank) and either a refetched snapshot (which settles its tie) or a greater
+/// event id over a snapshot that was not refetched (docs/billing-state.md).
+async fn write(
+    tx: &mut Tx,
+    subscription_id: &str,
+    row: &SubscriptionRow,
+    key: &SnapshotKey,
+) -> Result<(), ProcessError> {
     sqlx::query(
         "INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, status, price_id, product_id, tier, plan,
                                     billing_interval, current_period_start, current_period_end, cancel_at_period_end,
-                                    canceled_at, ended_at, trial_end, snapshot_created, snapshot_rank, snapshot_event_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                                    canceled_at, ended_at, trial_end, snapshot_created, snapshot_rank, snapshot_event_id,
+                                    snapshot_refetched_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
          ON CONFLICT (stripe_subscription_id) DO UPDATE SET
              stripe_customer_id = EXCLUDED.stripe_customer_id, status = EXCLUDED.status,
              price_id = EXCLUDED.price_id, product_id = EXCLUDED.product_id, tier = EXCLUDED.tier,
@@ -66,41 +197,37 @@ pub async fn snapshot(
              cancel_at_period_end = EXCLUDED.cancel_at_period_end, canceled_at = EXCLUDED.canceled_at,
              ended_at = EXCLUDED.ended_at, trial_end = EXCLUDED.trial_end,
              snapshot_created = EXCLUDED.snapshot_created, snapshot_rank = EXCLUDED.snapshot_rank,
-             snapshot_event_id = EXCLUDED.snapshot_event_id, updated_at = now()
-           WHERE (subscriptions.snapshot_created, subscriptions.snapshot_rank, subscriptions.snapshot_event_id)
-               < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank, EXCLUDED.snapshot_event_id)",
+             snapshot_event_id = EXCLUDED.snapshot_event_id,
+             snapshot_refetched_at = EXCLUDED.snapshot_refetched_at, updated_at = now()
+           WHERE (subscriptions.snapshot_created, subscriptions.snapshot_rank)
+                   < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank)
+              OR ((subscriptions.snapshot_created, subscriptions.snapshot_rank)
+                   = (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank)
+                  AND (EXCLUDED.snapshot_refetched_at IS NOT NULL
+                       OR (subscriptions.snapshot_refetched_at IS NULL
+                           AND subscriptions.snapshot_event_id < EXCLUDED.snapshot_event_id)))",
     )
-    .bind(&subscription.id)
-    .bind(subscription.customer.id())
-    .bind(&subscription.status)
-    .bind(price_id)
-    .bind(price.and_then(|p| p.product.as_ref()).map(|p| p.id()))
-    .bind(tier)
-    .bind(plan)
-    .bind(price.and_then(|p| p.recurring.as_ref()).map(|r| r.interval.as_str()))
-    .bind(at(period_start))
-    .bind(at(period_end))
-    .bind(subscription.cancel_at_period_end.unwrap_or(false))
-    .bind(at(subscription.canceled_at))
-    .bind(at(subscription.ended_at))
-    .bind(at(subscription.trial_end))
-    .bind(envelope.created)
-    .bind(rank)
-    .bind(&envelope.id)
+    .bind(subscription_id)
+    .bind(&row.stripe_customer_id)
+    .bind(&row.status)
+    .bind(&row.price_id)
+    .bind(&row.product_id)
+    .bind(&row.tier)
+    .bind(&row.plan)
+    .bind(&row.billing_interval)
+    .bind(row.current_period_start)
+    .bind(row.current_period_end)
+    .bind(row.cancel_at_period_end)
+    .bind(row.canceled_at)
+    .bind(row.ended_at)
+    .bind(row.trial_end)
+    .bind(key.snapshot_created)
+    .bind(key.snapshot_rank)
+    .bind(&key.snapshot_event_id)
+    .bind(key.snapshot_refetched_at)
     .execute(&mut **tx)
     .await?;
-    record_change(
-        tx,
-        plans,
-        envelope,
-        payload,
-        &subscription,
-        customer_id,
-        tier,
-    )
-    .await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
-    Ok(Applied::Processed)
+    Ok(())
 }
 
 /// The customer-visible history of plan changes. Derived from the event itself

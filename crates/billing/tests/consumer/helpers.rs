@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
@@ -10,6 +11,7 @@ use tollgate_billing::{Application, Config};
 use tollgate_broker::{Publisher, PublisherConfig, lapin};
 use tollgate_events::topology::EVENTS_EXCHANGE;
 use tollgate_runtime::Env;
+use tollgate_stripe::Refetcher;
 use tollgate_test_support::{TcpProxy, TestDatabase, TestVhost};
 
 pub struct TestBilling {
@@ -23,9 +25,12 @@ pub struct TestBilling {
     pub instances: Vec<(Stopper, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     /// Each instance's probes-and-metrics port, in start order.
     pub http_ports: Vec<u16>,
+    /// Each instance's Stripe refetcher, in start order.
+    pub refetchers: Vec<Arc<Refetcher>>,
     database_url: String,
     max_attempts: u32,
     plans_path: String,
+    env: Vec<(&'static str, String)>,
 }
 
 pub struct Options {
@@ -34,6 +39,8 @@ pub struct Options {
     pub plans_path: Option<String>,
     pub db_via_proxy: bool,
     pub max_attempts: u32,
+    /// More environment for every instance (e.g. `STRIPE_SECRET_KEY`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -43,6 +50,7 @@ impl Default for Options {
             plans_path: None,
             db_via_proxy: false,
             max_attempts: 6,
+            env: Vec::new(),
         }
     }
 }
@@ -79,6 +87,8 @@ pub async fn spawn_billing(options: Options) -> TestBilling {
         plans_path: options.plans_path.unwrap_or_else(plans_path),
         instances: Vec::new(),
         http_ports: Vec::new(),
+        refetchers: Vec::new(),
+        env: options.env,
     };
     for _ in 0..options.instances {
         billing.start_instance().await;
@@ -94,14 +104,18 @@ impl TestBilling {
 
     /// Starts one more billing process (in-process) on this database and vhost.
     pub async fn start_instance(&mut self) {
-        let env = Env::from_pairs([
-            ("DATABASE_URL", self.database_url.clone()),
-            ("AMQP_URL", self.vhost.amqp_url()),
-            ("BILLING_MAX_ATTEMPTS", self.max_attempts.to_string()),
-            ("BILLING_ADDR", "127.0.0.1:0".to_string()),
-            ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
-            ("TOLLGATE_PLANS", self.plans_path.clone()),
-        ]);
+        let env = Env::from_pairs(
+            [
+                ("DATABASE_URL", self.database_url.clone()),
+                ("AMQP_URL", self.vhost.amqp_url()),
+                ("BILLING_MAX_ATTEMPTS", self.max_attempts.to_string()),
+                ("BILLING_ADDR", "127.0.0.1:0".to_string()),
+                ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
+                ("TOLLGATE_PLANS", self.plans_path.clone()),
+            ]
+            .into_iter()
+            .chain(self.env.iter().cloned()),
+        );
         let app = Application::build(Config::from_env(&env).unwrap())
             .await
             .expect("billing starts");
@@ -111,6 +125,7 @@ impl TestBilling {
         );
         let stopper = app.stopper();
         self.http_ports.push(app.http_port());
+        self.refetchers.push(app.refetcher());
         self.instances
             .push((stopper, tokio::spawn(app.run_until_stopped())));
     }

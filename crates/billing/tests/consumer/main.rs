@@ -11,5 +11,6 @@ mod disputes;
 mod failures;
 mod invoices;
 mod outbox;
+mod refetch;
 mod retention;
 mod subscriptions;
