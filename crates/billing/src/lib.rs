@@ -18,6 +18,7 @@ pub mod process;
 pub mod retention;
 pub mod startup;
 pub mod stripe;
+pub mod wakeup;
 
 pub use config::Config;
 pub use startup::Application;
