@@ -5,12 +5,14 @@
 //! transaction as its effects), retries with backoff through delay queues for
 //! transient failures, dead-lettering with the error for poison messages, and
 //! the checkout and subscription handlers with the ordering gate and derived
-//! access (docs/billing-state.md).
+//! access (docs/billing-state.md), the entitlement-change outbox, and payment
+//! emails sent over SMTP from an outbox of their own.
 
 pub mod config;
 pub mod consumer;
 pub mod customers;
 pub mod db;
+pub mod emails;
 pub mod handlers;
 pub mod ledger;
 pub mod outbox;

@@ -21,6 +21,7 @@ pub struct Application {
     consumer: tokio::task::JoinHandle<()>,
     relay: Option<tokio::task::JoinHandle<()>>,
     retention: Option<tokio::task::JoinHandle<()>>,
+    emails: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -67,6 +68,28 @@ impl Application {
             let age = Duration::from_secs(u64::from(config.payload_retention_days) * 86_400);
             tokio::spawn(crate::retention::run(pool.clone(), age, stop_rx.clone()))
         });
+        let emails = match &config.email.smtp {
+            Some(smtp) => {
+                tracing::info!(smtp = ?smtp, "payment emails are sent over SMTP");
+                let sender = crate::emails::sender::SenderConfig {
+                    smtp: smtp.clone(),
+                    from: config.email.from.clone(),
+                    max_attempts: config.email.max_attempts,
+                    retry_base: config.email.retry_base,
+                };
+                Some(tokio::spawn(crate::emails::sender::run(
+                    pool.clone(),
+                    sender,
+                    stop_rx.clone(),
+                )))
+            }
+            None => {
+                tracing::warn!(
+                    "SMTP_URL is not set: payment emails are queued in email_outbox but not sent"
+                );
+                None
+            }
+        };
         let consumer = tokio::spawn(consumer.run(stop_rx));
         Ok(Self {
             pool,
@@ -76,6 +99,7 @@ impl Application {
             consumer,
             relay,
             retention,
+            emails,
         })
     }
 
@@ -105,6 +129,9 @@ impl Application {
         }
         if let Some(retention) = self.retention {
             retention.await.context("retention task")?;
+        }
+        if let Some(emails) = self.emails {
+            emails.await.context("email sender task")?;
         }
         self.publisher.close().await;
         self.pool.close().await;

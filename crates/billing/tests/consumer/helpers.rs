@@ -24,6 +24,7 @@ pub struct TestBilling {
     database_url: String,
     max_attempts: u32,
     plans_path: String,
+    env: Vec<(&'static str, String)>,
 }
 
 pub struct Options {
@@ -32,6 +33,8 @@ pub struct Options {
     pub plans_path: Option<String>,
     pub db_via_proxy: bool,
     pub max_attempts: u32,
+    /// More environment for every instance (`SMTP_URL`, ...).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             plans_path: None,
             db_via_proxy: false,
             max_attempts: 6,
+            env: Vec::new(),
         }
     }
 }
@@ -75,6 +79,7 @@ pub async fn spawn_billing(options: Options) -> TestBilling {
         database_url,
         max_attempts: options.max_attempts,
         plans_path: options.plans_path.unwrap_or_else(plans_path),
+        env: options.env,
         instances: Vec::new(),
     };
     for _ in 0..options.instances {
@@ -91,13 +96,17 @@ impl TestBilling {
 
     /// Starts one more billing process (in-process) on this database and vhost.
     pub async fn start_instance(&mut self) {
-        let env = Env::from_pairs([
-            ("DATABASE_URL", self.database_url.clone()),
-            ("AMQP_URL", self.vhost.amqp_url()),
-            ("BILLING_MAX_ATTEMPTS", self.max_attempts.to_string()),
-            ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
-            ("TOLLGATE_PLANS", self.plans_path.clone()),
-        ]);
+        let env = Env::from_pairs(
+            [
+                ("DATABASE_URL", self.database_url.clone()),
+                ("AMQP_URL", self.vhost.amqp_url()),
+                ("BILLING_MAX_ATTEMPTS", self.max_attempts.to_string()),
+                ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
+                ("TOLLGATE_PLANS", self.plans_path.clone()),
+            ]
+            .into_iter()
+            .chain(self.env.iter().cloned()),
+        );
         let app = Application::build(Config::from_env(&env).unwrap())
             .await
             .expect("billing starts");

@@ -7,6 +7,7 @@ mod crash;
 mod credits;
 mod delivery;
 mod disputes;
+mod emails;
 mod failures;
 mod invoices;
 mod outbox;
