@@ -91,28 +91,26 @@ pub async fn snapshot(
     .bind(&envelope.id)
     .execute(&mut **tx)
     .await?;
-    record_change(
-        tx,
-        plans,
+    let stored = Stored {
         envelope,
         payload,
-        &subscription,
+        subscription: &subscription,
         customer_id,
         tier,
-    )
-    .await?;
+    };
+    record_change(tx, plans, &stored).await?;
     customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
-    queue_email(
-        tx,
-        plans,
-        envelope,
-        payload,
-        &subscription,
-        customer_id,
-        tier,
-    )
-    .await?;
+    queue_email(tx, plans, &stored).await?;
     Ok(Applied::Processed)
+}
+
+/// A snapshot just stored (or gated), for what follows from it.
+struct Stored<'a> {
+    envelope: &'a EventEnvelope,
+    payload: &'a serde_json::Value,
+    subscription: &'a Subscription,
+    customer_id: uuid::Uuid,
+    tier: &'a str,
 }
 
 /// The update asks to cancel at the end of the period (`cancel_at_period_end`
@@ -129,15 +127,14 @@ fn cancel_requested(payload: &serde_json::Value, subscription: &Subscription) ->
 /// reports is still true of the stored subscription (docs/billing-state.md,
 /// "Emails"): no trial notice once the trial is over or converted, no "ends on"
 /// once the cancellation was undone.
-async fn queue_email(
-    tx: &mut Tx,
-    plans: &Plans,
-    envelope: &EventEnvelope,
-    payload: &serde_json::Value,
-    subscription: &Subscription,
-    customer_id: uuid::Uuid,
-    tier: &str,
-) -> Result<(), ProcessError> {
+async fn queue_email(tx: &mut Tx, plans: &Plans, stored: &Stored<'_>) -> Result<(), ProcessError> {
+    let Stored {
+        envelope,
+        payload,
+        subscription,
+        customer_id,
+        tier,
+    } = *stored;
     let (_, period_end) = subscription.period();
     let (kind, dedupe_key) = match envelope.event_type.as_str() {
         "customer.subscription.trial_will_end" => (
@@ -217,12 +214,15 @@ async fn queue_email(
 async fn record_change(
     tx: &mut Tx,
     plans: &Plans,
-    envelope: &EventEnvelope,
-    payload: &serde_json::Value,
-    subscription: &Subscription,
-    customer_id: uuid::Uuid,
-    tier: &str,
+    stored: &Stored<'_>,
 ) -> Result<(), ProcessError> {
+    let Stored {
+        envelope,
+        payload,
+        subscription,
+        customer_id,
+        tier,
+    } = *stored;
     let previous = payload.pointer("/data/previous_attributes");
     let canceled = envelope.event_type == "customer.subscription.deleted";
     if canceled || cancel_requested(payload, subscription) {

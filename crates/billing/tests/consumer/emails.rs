@@ -18,6 +18,13 @@ const SUB: &str = "sub_mail";
 /// The address on the real invoice payload (`customer_email`).
 const INVOICE_ADDRESS: &str = "customer@example.org";
 
+/// A sink and `instances` billing processes sending to it.
+async fn with_sink(instances: usize) -> (SmtpSink, TestBilling) {
+    let sink = SmtpSink::start().await;
+    let billing = spawn_with_smtp(Some(sink.url()), instances).await;
+    (sink, billing)
+}
+
 async fn spawn_with_smtp(smtp_url: Option<String>, instances: usize) -> TestBilling {
     let mut env = vec![
         ("EMAIL_RETRY_BASE_MS", "200".to_string()),
@@ -77,6 +84,28 @@ async fn wait_for(billing: &TestBilling, object: &str, status: &str) {
     .await;
 }
 
+/// Waits until `count` emails are sent.
+async fn wait_sent(billing: &TestBilling, count: usize) {
+    eventually("the emails are sent", Duration::from_secs(40), || async {
+        let rows = outbox(billing).await;
+        rows.iter().filter(|r| r.status == "sent").count() == count
+    })
+    .await;
+}
+
+/// A later email goes out; then billing stops (every delivery settled) and
+/// the Message-IDs the sink received are returned, oldest first.
+async fn one_more_then_stop(
+    billing: &mut TestBilling,
+    sink: &SmtpSink,
+    invoice: &str,
+) -> Vec<String> {
+    deliver(billing, &[failed_payment(invoice, T0 + 900)]).await;
+    wait_for(billing, invoice, "sent").await;
+    billing.stop().await;
+    sink.messages().into_iter().map(|m| m.message_id).collect()
+}
+
 fn failed_payment(invoice: &str, created: i64) -> (String, Vec<u8>) {
     invoice_event_for(CUS, SUB, invoice, "invoice.payment_failed", created, false)
 }
@@ -90,16 +119,21 @@ fn customer_created(customer: &str, email: &str) -> (String, Vec<u8>) {
     envelope("customer.created", T0, json!({ "object": object }))
 }
 
-/// A real pay-rails subscription payload (`data-only/<fixture>`) for our
-/// customer on the Pro price, edited by `edit`, as `event_type` at `created`.
+/// The customer's address becomes known (before the events that email it).
+async fn known_customer(billing: &TestBilling, email: &str) {
+    deliver(billing, &[customer_created(CUS, email)]).await;
+    settle(billing, 1).await;
+}
+
+/// The real pay-rails payload of `event_type` (`customer.subscription.*`) for
+/// our customer on the Pro price, edited by `edit`, at `created`.
 fn subscription_event(
-    fixture: &str,
     event_type: &str,
     created: i64,
     edit: impl FnOnce(&mut Value),
 ) -> (String, Vec<u8>) {
-    let mut data: Value =
-        serde_json::from_slice(&stripe_fixture(&format!("data-only/{fixture}"))).unwrap();
+    let fixture = format!("data-only/{event_type}.data-only.pay-rails.json");
+    let mut data: Value = serde_json::from_slice(&stripe_fixture(&fixture)).unwrap();
     let subscription = &mut data["object"];
     subscription["id"] = SUB.into();
     subscription["customer"] = CUS.into();
@@ -117,8 +151,7 @@ fn envelope(event_type: &str, created: i64, data: Value) -> (String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_payment_emails_the_customer_once_even_when_delivered_twice() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     let failed = failed_payment("in_fail", T0 + 200);
     deliver(&billing, &[failed.clone(), failed]).await;
     settle(&billing, 1).await;
@@ -174,8 +207,7 @@ async fn a_failed_payment_emails_the_customer_once_even_when_delivered_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invoice_paid_and_its_payment_succeeded_give_one_receipt() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     // Stripe sends both for one payment, in the same second, in either order.
     deliver(
         &billing,
@@ -217,8 +249,7 @@ async fn an_invoice_paid_and_its_payment_succeeded_give_one_receipt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_failure_notice_for_a_paid_invoice_sends_nothing() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     deliver(
         &billing,
         &[invoice_event_for(
@@ -246,8 +277,7 @@ async fn a_late_failure_notice_for_a_paid_invoice_sends_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_notice_overtaken_by_a_later_update_of_the_unpaid_invoice_still_emails() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     // A later `invoice.updated` of the same failed attempt arrives first and wins the
     // gate; the failure is still true, and the customer has just lost access: tell them.
     deliver(
@@ -276,20 +306,13 @@ async fn a_failure_notice_overtaken_by_a_later_update_of_the_unpaid_invoice_stil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trial_will_end_sends_one_trial_email() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     let trial_end = unix_now() + 3 * 86_400;
-    let trial = subscription_event(
-        "customer.subscription.trial_will_end.data-only.pay-rails.json",
-        "customer.subscription.trial_will_end",
-        T0 + 10,
-        |data| {
-            data["object"]["status"] = "trialing".into();
-            data["object"]["trial_end"] = trial_end.into();
-        },
-    );
-    deliver(&billing, &[customer_created(CUS, "trial@example.com")]).await;
-    settle(&billing, 1).await;
+    let trial = subscription_event("customer.subscription.trial_will_end", T0 + 10, |data| {
+        data["object"]["status"] = "trialing".into();
+        data["object"]["trial_end"] = trial_end.into();
+    });
+    known_customer(&billing, "trial@example.com").await;
     deliver(&billing, &[trial.clone(), trial]).await;
     settle(&billing, 2).await;
     wait_for(&billing, SUB, "sent").await;
@@ -308,46 +331,28 @@ async fn trial_will_end_sends_one_trial_email() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_cancellation_and_the_end_each_send_one_email() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     let period_end = unix_now() + 20 * 86_400;
-    let scheduled = subscription_event(
-        "customer.subscription.updated.data-only.pay-rails.json",
-        "customer.subscription.updated",
-        T0 + 10,
-        |data| {
-            let subscription = &mut data["object"];
-            subscription["status"] = "active".into();
-            subscription["cancel_at_period_end"] = true.into();
-            subscription["ended_at"] = Value::Null;
-            subscription["canceled_at"] = Value::Null;
-            subscription["items"]["data"][0]["current_period_end"] = period_end.into();
-            data["previous_attributes"] = json!({ "cancel_at_period_end": false });
-        },
-    );
-    deliver(&billing, &[customer_created(CUS, "leaving@example.com")]).await;
-    settle(&billing, 1).await;
+    let scheduled = subscription_event("customer.subscription.updated", T0 + 10, |data| {
+        let subscription = &mut data["object"];
+        subscription["status"] = "active".into();
+        subscription["cancel_at_period_end"] = true.into();
+        subscription["ended_at"] = Value::Null;
+        subscription["canceled_at"] = Value::Null;
+        subscription["items"]["data"][0]["current_period_end"] = period_end.into();
+        data["previous_attributes"] = json!({ "cancel_at_period_end": false });
+    });
+    known_customer(&billing, "leaving@example.com").await;
     deliver(&billing, &[scheduled]).await;
     settle(&billing, 2).await;
     wait_for(&billing, SUB, "sent").await;
 
-    let deleted = subscription_event(
-        "customer.subscription.deleted.data-only.pay-rails.json",
-        "customer.subscription.deleted",
-        period_end,
-        |data| data["object"]["ended_at"] = period_end.into(),
-    );
+    let deleted = subscription_event("customer.subscription.deleted", period_end, |data| {
+        data["object"]["ended_at"] = period_end.into()
+    });
     deliver(&billing, &[deleted.clone(), deleted]).await;
     settle(&billing, 3).await;
-    eventually("both emails sent", Duration::from_secs(30), || async {
-        outbox(&billing)
-            .await
-            .iter()
-            .filter(|r| r.status == "sent")
-            .count()
-            == 2
-    })
-    .await;
+    wait_sent(&billing, 2).await;
     billing.stop().await;
 
     let kinds: Vec<String> = outbox(&billing).await.into_iter().map(|r| r.kind).collect();
@@ -451,8 +456,7 @@ async fn a_failure_notice_paid_before_it_could_go_out_is_not_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_event_sends_nothing() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     // The event's transaction fails at its very end (COMMIT), after its email row
     // and NOTIFY were written.
     for statement in [
@@ -470,13 +474,7 @@ async fn a_rolled_back_event_sends_nothing() {
     eventually(
         "the event is dead-lettered",
         Duration::from_secs(20),
-        || async {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters")
-                .fetch_one(&billing.pool)
-                .await
-                .unwrap()
-                == 1
-        },
+        || async { billing.dead_letter_count().await == 1 },
     )
     .await;
     assert!(outbox(&billing).await.is_empty());
@@ -490,24 +488,18 @@ async fn a_rolled_back_event_sends_nothing() {
         .execute(&billing.pool)
         .await
         .unwrap();
-    deliver(&billing, &[failed_payment("in_fine", T0 + 300)]).await;
-    wait_for(&billing, "in_fine", "sent").await;
-    billing.stop().await;
-    let ids: Vec<String> = sink.messages().into_iter().map(|m| m.message_id).collect();
+    let ids = one_more_then_stop(&mut billing, &sink, "in_fine").await;
     assert_eq!(ids, ["<tollgate.payment_failed.in_fine.1@tollgate.test>"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_after_the_data_makes_the_email_unknown_and_it_is_never_resent() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     sink.inject(SmtpFault::DropAfterData);
     deliver(&billing, &[failed_payment("in_maybe", T0 + 200)]).await;
     wait_for(&billing, "in_maybe", "unknown").await;
     // Later emails still flow, and the unknown one is not among them.
-    deliver(&billing, &[failed_payment("in_after", T0 + 300)]).await;
-    wait_for(&billing, "in_after", "sent").await;
-    billing.stop().await;
+    let ids = one_more_then_stop(&mut billing, &sink, "in_after").await;
 
     let rows = outbox(&billing).await;
     assert_eq!(
@@ -523,10 +515,9 @@ async fn no_answer_after_the_data_makes_the_email_unknown_and_it_is_never_resent
             .starts_with("message"),
         "{rows:?}"
     );
-    let objects: Vec<String> = sink.messages().into_iter().map(|m| m.message_id).collect();
     // The server did get the first one: exactly why it must not be sent again.
     assert_eq!(
-        objects,
+        ids,
         [
             "<tollgate.payment_failed.in_maybe.1@tollgate.test>",
             "<tollgate.payment_failed.in_after.1@tollgate.test>"
@@ -536,8 +527,7 @@ async fn no_answer_after_the_data_makes_the_email_unknown_and_it_is_never_resent
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temporary_refusal_is_retried_and_a_refused_recipient_is_not() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     sink.inject(SmtpFault::RefuseMessage("451 4.3.0 try again later"));
     deliver(&billing, &[failed_payment("in_later", T0 + 200)]).await;
     wait_for(&billing, "in_later", "sent").await;
@@ -567,8 +557,7 @@ async fn a_temporary_refusal_is_retried_and_a_refused_recipient_is_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_left_sending_by_a_dead_sender_becomes_unknown_not_resent() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 1).await;
+    let (sink, mut billing) = with_sink(1).await;
     // What a sender killed mid-send leaves behind: claimed ten minutes ago.
     sqlx::query(
         "WITH c AS (INSERT INTO customers (stripe_customer_id, email) VALUES ($1, 'crash@example.com') RETURNING id)
@@ -584,31 +573,19 @@ async fn an_email_left_sending_by_a_dead_sender_becomes_unknown_not_resent() {
     .await
     .unwrap();
     wait_for(&billing, "in_crash", "unknown").await;
-    deliver(&billing, &[failed_payment("in_live", T0 + 200)]).await;
-    wait_for(&billing, "in_live", "sent").await;
-    billing.stop().await;
-    let ids: Vec<String> = sink.messages().into_iter().map(|m| m.message_id).collect();
+    let ids = one_more_then_stop(&mut billing, &sink, "in_live").await;
     assert_eq!(ids, ["<tollgate.payment_failed.in_live.1@tollgate.test>"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_billing_replicas_send_each_email_once() {
-    let sink = SmtpSink::start().await;
-    let mut billing = spawn_with_smtp(Some(sink.url()), 2).await;
+    let (sink, mut billing) = with_sink(2).await;
     let events: Vec<_> = (0..12)
         .map(|i| failed_payment(&format!("in_many_{i:02}"), T0 + 200 + i))
         .collect();
     deliver(&billing, &events).await;
     settle(&billing, 12).await;
-    eventually("every email sent", Duration::from_secs(40), || async {
-        outbox(&billing)
-            .await
-            .iter()
-            .filter(|r| r.status == "sent")
-            .count()
-            == 12
-    })
-    .await;
+    wait_sent(&billing, 12).await;
     billing.stop().await;
     let mut ids: Vec<String> = sink.messages().into_iter().map(|m| m.message_id).collect();
     assert_eq!(ids.len(), 12, "{ids:?}");

@@ -171,6 +171,14 @@ impl TestBilling {
         count
     }
 
+    /// Rows in `dead_letters` (messages billing gave up on).
+    pub async fn dead_letter_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM stripe_events")
             .fetch_one(&self.pool)
