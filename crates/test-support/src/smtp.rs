@@ -175,3 +175,98 @@ impl Drop for SmtpSink {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// A minimal SMTP client: sends `lines`, each answered by one reply (the
+    /// message body, sent in one go after DATA, counts as one); returns the
+    /// reply codes after the greeting.
+    async fn converse(addr: &str, lines: &[&str]) -> Vec<String> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut reply = async || {
+            // Multi-line replies ("250-...") end with "250 ...".
+            loop {
+                let mut line = String::new();
+                if read.read_line(&mut line).await.unwrap() == 0 {
+                    return "closed".to_string();
+                }
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return line[..3].to_string();
+                }
+            }
+        };
+        assert_eq!(reply().await, "220");
+        let mut codes = Vec::new();
+        for line in lines {
+            write.write_all(line.as_bytes()).await.unwrap();
+            codes.push(reply().await);
+        }
+        codes
+    }
+
+    #[tokio::test]
+    async fn keeps_what_it_accepts_decoded_and_injects_faults_once() {
+        let sink = SmtpSink::start().await;
+        let message = "From: Billing <billing@example.com>\r\nTo: ana@example.org\r\n\
+                       Subject: =?utf-8?q?Caf=C3=A9?=\r\nMessage-ID: <m1@example.com>\r\n\
+                       Content-Type: text/plain; charset=utf-8\r\n\
+                       Content-Transfer-Encoding: quoted-printable\r\n\r\n\
+                       Total: 3=E2=82=AC\r\n.\r\n";
+        let codes = converse(
+            &sink.addr(),
+            &[
+                "EHLO test\r\n",
+                "MAIL FROM:<billing@example.com>\r\n",
+                "RCPT TO:<ana@example.org>\r\n",
+                "DATA\r\n",
+                message,
+                "QUIT\r\n",
+            ],
+        )
+        .await;
+        assert_eq!(codes, ["250", "250", "250", "354", "250", "221"]);
+        let messages = sink.messages();
+        assert_eq!(messages.len(), 1);
+        let kept = &messages[0];
+        assert_eq!(kept.envelope_from, "billing@example.com");
+        assert_eq!(kept.envelope_to, ["ana@example.org"]);
+        assert_eq!(kept.subject, "Café");
+        assert_eq!(kept.message_id, "<m1@example.com>");
+        assert_eq!(kept.body, "Total: 3€\n");
+
+        sink.inject(SmtpFault::RefuseRecipient("550 5.1.1 no such user"));
+        let codes = converse(
+            &sink.addr(),
+            &[
+                "HELO test\r\n",
+                "MAIL FROM:<billing@example.com>\r\n",
+                "RCPT TO:<nobody@example.org>\r\n",
+                "RCPT TO:<ana@example.org>\r\n",
+            ],
+        )
+        .await;
+        assert_eq!(codes, ["250", "250", "550", "250"], "the fault fires once");
+
+        sink.inject(SmtpFault::DropAfterData);
+        let codes = converse(
+            &sink.addr(),
+            &[
+                "HELO test\r\n",
+                "MAIL FROM:<billing@example.com>\r\n",
+                "RCPT TO:<ana@example.org>\r\n",
+                "DATA\r\n",
+                "Subject: two\r\n\r\nhello\r\n.\r\n",
+            ],
+        )
+        .await;
+        assert_eq!(codes, ["250", "250", "250", "354", "closed"]);
+        assert_eq!(sink.messages().len(), 2, "taken, though never confirmed");
+    }
+}
