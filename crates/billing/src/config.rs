@@ -39,7 +39,8 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct EmailConfig {
     /// `SMTP_URL`: `smtp://[user:pass@]host[:port][?tls=required|opportunistic]` or
-    /// `smtps://...`. Unset: emails are queued but not sent.
+    /// `smtps://...`. Unset: emails are queued but not sent. `SMTP_CA_FILE`: PEM
+    /// root certificates trusted besides the public ones (a relay's private CA).
     pub smtp: Option<SmtpSettings>,
     /// `EMAIL_FROM`, default `Tollgate <billing@localhost>`.
     pub from: Mailbox,
@@ -52,9 +53,16 @@ pub struct EmailConfig {
 
 impl EmailConfig {
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let extra_roots = env
+            .raw("SMTP_CA_FILE")
+            .map(|path| {
+                std::fs::read(path.trim())
+                    .map_err(|e| ConfigError::invalid("SMTP_CA_FILE", format!("{path}: {e}")))
+            })
+            .transpose()?;
         let smtp = env
             .raw("SMTP_URL")
-            .map(|url| SmtpSettings::parse(url.trim()))
+            .map(|url| SmtpSettings::parse(url.trim(), extra_roots.as_deref()))
             .transpose()
             .map_err(|e| ConfigError::invalid("SMTP_URL", e))?;
         let from: Mailbox = env
@@ -207,6 +215,16 @@ mod tests {
             }
         ));
         assert!(!error.to_string().contains("hunter2"), "{error}");
+        pairs[2] = ("SMTP_URL", "smtps://smtp.example.com");
+        pairs.push(("SMTP_CA_FILE", "/nonexistent/ca.pem"));
+        assert!(matches!(
+            Config::from_env(&Env::from_pairs(pairs.clone())),
+            Err(ConfigError::Invalid {
+                name: "SMTP_CA_FILE",
+                ..
+            })
+        ));
+        pairs.pop();
         pairs[2] = ("SMTP_URL", "smtp://127.0.0.1:1025");
         pairs[3] = ("EMAIL_FROM", "not an address");
         assert!(matches!(

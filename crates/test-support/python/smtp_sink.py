@@ -1,8 +1,11 @@
 """A real SMTP server for tests (aiosmtpd), run by tollgate_test_support::SmtpSink.
 
-Usage: smtp_sink.py DIRECTORY
+Usage: smtp_sink.py DIRECTORY [--tls | --implicit-tls] [--login USER:PASSWORD]
 Listens on 127.0.0.1 on a free port and prints the port on the first line of
-stdout. Every accepted message is written (atomically, tmp + rename) to
+stdout. --tls requires STARTTLS, with a certificate for 127.0.0.1 and localhost
+from a CA made at start (DIRECTORY/ca.pem, which clients trust); --implicit-tls
+speaks TLS from the first byte instead (smtps); --login requires AUTH
+(PLAIN or LOGIN, over TLS only) with that user and password. Every accepted message is written (atomically, tmp + rename) to
 DIRECTORY/messages/<n>.json with its envelope, the headers tests look at and
 the decoded plain-text body; the raw bytes go to DIRECTORY/maildir as well.
 
@@ -14,6 +17,7 @@ message reaches a stage, its first line is used once and the file removed:
                   (the client cannot know whether it was accepted)
 """
 
+import argparse
 import asyncio
 import email
 import email.policy
@@ -21,9 +25,10 @@ import itertools
 import json
 import mailbox
 import os
-import sys
+import ssl
+import subprocess
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult
 
 
 class Sink:
@@ -59,18 +64,20 @@ class Sink:
         if fault and fault != "drop":
             return fault
         n = next(self.counter)
-        self.store(n, envelope)
+        self.store(n, server, session, envelope)
         if fault == "drop":
             server.transport.abort()
             return "250 never seen"
         return f"250 2.0.0 OK: queued as SINK{n}"
 
-    def store(self, n, envelope):
+    def store(self, n, server, session, envelope):
         raw = envelope.original_content
         self.maildir.add(raw)
         message = email.message_from_bytes(raw, policy=email.policy.default)
         body = message.get_body(("plain",))
         record = {
+            "tls": session.ssl is not None or server.transport.get_extra_info("sslcontext") is not None,
+            "login": session.auth_data.login.decode() if session.auth_data else None,
             "envelope_from": envelope.mail_from,
             "envelope_to": envelope.rcpt_tos,
             "from": str(message.get("From", "")),
@@ -87,11 +94,53 @@ class Sink:
         os.rename(tmp, os.path.join(self.messages, f"{n:06}.json"))
 
 
-async def main(directory):
+def certificate(directory):
+    """A throwaway CA (DIRECTORY/ca.pem, for clients to trust) and a server
+    certificate it signed for 127.0.0.1 and localhost, valid for a day."""
+    path = lambda name: os.path.join(directory, name)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    with open(path("server.ext"), "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\n"
+                "extendedKeyUsage=serverAuth\n"
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for command in (
+        ["req", "-x509", *key, "-days", "1", "-subj", "/CN=Tollgate test CA",
+         "-keyout", path("ca.key"), "-out", path("ca.pem")],
+        ["req", *key, "-subj", "/CN=localhost", "-keyout", path("server.key"), "-out", path("server.csr")],
+        ["x509", "-req", "-in", path("server.csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"),
+         "-CAcreateserial", "-days", "1", "-extfile", path("server.ext"), "-out", path("server.pem")],
+    ):
+        subprocess.run(["openssl", *command], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(path("server.pem"), path("server.key"))
+    return context
+
+
+def authenticator(user, password):
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = auth_data.login == user.encode() and auth_data.password == password.encode()
+        # Not handled here: aiosmtpd answers 235, or 535 on a refusal.
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+    return check
+
+
+async def main(args):
     loop = asyncio.get_running_loop()
-    handler = Sink(directory)
+    handler = Sink(args.directory)
+    options, implicit = {}, None
+    if args.tls:
+        options.update(tls_context=certificate(args.directory), require_starttls=True)
+    if args.implicit_tls:
+        implicit = certificate(args.directory)
+        # aiosmtpd counts only STARTTLS as TLS for AUTH; this channel is TLS from the start.
+        options.update(auth_require_tls=False)
+    if args.login:
+        user, _, password = args.login.partition(":")
+        options.update(authenticator=authenticator(user, password), auth_required=True)
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="tollgate-test-sink", loop=loop), "127.0.0.1", 0
+        lambda: SMTP(handler, hostname="tollgate-test-sink", loop=loop, **options),
+        "127.0.0.1", 0, ssl=implicit,
     )
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
@@ -99,4 +148,9 @@ async def main(directory):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("directory")
+    parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--implicit-tls", action="store_true")
+    parser.add_argument("--login")
+    asyncio.run(main(parser.parse_args()))

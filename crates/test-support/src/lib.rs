@@ -14,4 +14,4 @@ pub use fixtures::{fresh_event, signed_headers, stripe_fixture, unix_now};
 pub use postgres::TestDatabase;
 pub use proxy::TcpProxy;
 pub use rabbitmq::TestVhost;
-pub use smtp::{SinkMessage, SmtpFault, SmtpSink};
+pub use smtp::{SinkMessage, SinkOptions, SmtpFault, SmtpSink};

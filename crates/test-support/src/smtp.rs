@@ -54,6 +54,10 @@ fn python() -> &'static Path {
 /// One message the sink accepted.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct SinkMessage {
+    /// The session was encrypted (STARTTLS or implicit TLS) when the message came.
+    pub tls: bool,
+    /// Who logged in (AUTH), if anyone.
+    pub login: Option<String>,
     /// MAIL FROM.
     pub envelope_from: String,
     /// RCPT TO, in order.
@@ -89,16 +93,44 @@ pub struct SmtpSink {
     port: u16,
 }
 
+/// How the sink talks: plain by default, or as a real submission server.
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
+    /// Require STARTTLS, with a certificate for 127.0.0.1 and localhost from a
+    /// throwaway CA ([`SmtpSink::certificate`]).
+    pub tls: bool,
+    /// Speak TLS from the first byte (what `smtps://` expects), same certificate.
+    pub implicit_tls: bool,
+    /// Require AUTH (PLAIN or LOGIN, over TLS) as this user and password.
+    pub login: Option<(String, String)>,
+}
+
 impl SmtpSink {
-    /// Starts a sink; returns once it accepts connections.
+    /// Starts a plain sink (no TLS, no login); returns once it accepts connections.
     pub async fn start() -> Self {
+        Self::start_with(SinkOptions::default()).await
+    }
+
+    /// Starts a sink with `options`.
+    pub async fn start_with(options: SinkOptions) -> Self {
         let python = python();
         let dir =
             std::env::temp_dir().join(format!("tollgate-smtp-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("creating the sink's directory");
-        let mut child = Command::new(python)
+        let mut command = Command::new(python);
+        command
             .arg(workspace().join("crates/test-support/python/smtp_sink.py"))
-            .arg(&dir)
+            .arg(&dir);
+        if options.tls {
+            command.arg("--tls");
+        }
+        if options.implicit_tls {
+            command.arg("--implicit-tls");
+        }
+        if let Some((user, password)) = &options.login {
+            command.arg("--login").arg(format!("{user}:{password}"));
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -128,6 +160,12 @@ impl SmtpSink {
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The PEM certificate of the throwaway CA that signed a `tls` sink's
+    /// certificate: what a client must trust.
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// `smtp://127.0.0.1:<port>` (plain text), for `SMTP_URL`.
@@ -235,6 +273,7 @@ mod tests {
         let messages = sink.messages();
         assert_eq!(messages.len(), 1);
         let kept = &messages[0];
+        assert_eq!((kept.tls, kept.login.as_deref()), (false, None));
         assert_eq!(kept.envelope_from, "billing@example.com");
         assert_eq!(kept.envelope_to, ["ana@example.org"]);
         assert_eq!(kept.subject, "Café");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 
@@ -54,8 +54,9 @@ impl std::fmt::Debug for SmtpSettings {
 impl SmtpSettings {
     /// Parses `smtp://[user:password@]host[:port][?tls=required|opportunistic|none]`
     /// or `smtps://[user:password@]host[:port]`. User and password are
-    /// percent-decoded. Errors never contain the password.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    /// percent-decoded. `extra_roots` (PEM) are trusted besides the public
+    /// roots, for a relay with a private CA. Errors never contain the password.
+    pub fn parse(raw: &str, extra_roots: Option<&[u8]>) -> Result<Self, String> {
         let redacted = tollgate_runtime::config::redact_url(raw);
         let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {redacted}"))?;
         let host = url
@@ -109,10 +110,23 @@ impl SmtpSettings {
         }
         let tls_parameters = match tls {
             Tls::None => None,
-            _ => Some(
-                TlsParameters::new(host.clone())
-                    .map_err(|e| format!("TLS setup for {host}: {e}"))?,
-            ),
+            _ => {
+                let mut builder = TlsParameters::builder(host.clone());
+                if let Some(pem) = extra_roots {
+                    let marker = b"-----BEGIN CERTIFICATE-----";
+                    if !pem.windows(marker.len()).any(|w| w == marker) {
+                        return Err("no PEM certificate among the extra root certificates".into());
+                    }
+                    let roots = Certificate::from_pem(pem)
+                        .map_err(|e| format!("the extra root certificates: {e}"))?;
+                    builder = builder.add_root_certificate(roots);
+                }
+                Some(
+                    builder
+                        .build()
+                        .map_err(|e| format!("TLS setup for {host}: {e}"))?,
+                )
+            }
         };
         Ok(Self {
             host,
@@ -362,16 +376,18 @@ mod tests {
 
     #[test]
     fn urls_give_host_port_and_security() {
-        let local = SmtpSettings::parse("smtp://127.0.0.1:1025").unwrap();
+        let local = SmtpSettings::parse("smtp://127.0.0.1:1025", None).unwrap();
         assert_eq!(
             (local.host.as_str(), local.port, local.tls),
             ("127.0.0.1", 1025, Tls::None)
         );
         assert!(local.credentials.is_none());
 
-        let submission =
-            SmtpSettings::parse("smtp://apikey:p%40ss%2Fword@smtp.example.com?tls=required")
-                .unwrap();
+        let submission = SmtpSettings::parse(
+            "smtp://apikey:p%40ss%2Fword@smtp.example.com?tls=required",
+            None,
+        )
+        .unwrap();
         assert_eq!((submission.port, submission.tls), (587, Tls::Required));
         assert!(submission.credentials.is_some());
         assert!(
@@ -380,10 +396,10 @@ mod tests {
         );
         assert!(format!("{submission:?}").contains("smtp.example.com"));
 
-        let implicit = SmtpSettings::parse("smtps://u:secret@mail.example.com").unwrap();
+        let implicit = SmtpSettings::parse("smtps://u:secret@mail.example.com", None).unwrap();
         assert_eq!((implicit.port, implicit.tls), (465, Tls::Implicit));
         assert_eq!(
-            SmtpSettings::parse("smtp://relay.internal?tls=opportunistic")
+            SmtpSettings::parse("smtp://relay.internal?tls=opportunistic", None)
                 .unwrap()
                 .tls,
             Tls::Opportunistic
@@ -405,11 +421,14 @@ mod tests {
             "smtp://u:secret@mail.example.com",
             "smtp://",
         ] {
-            let error = SmtpSettings::parse(bad).unwrap_err();
+            let error = SmtpSettings::parse(bad, None).unwrap_err();
             assert!(!error.contains("secret"), "{bad}: {error}");
         }
+        assert!(
+            SmtpSettings::parse("smtps://mail.example.com", Some(b"not a certificate")).is_err()
+        );
         // Plain text with a login is fine on loopback (a local relay).
-        assert!(SmtpSettings::parse("smtp://u:secret@localhost:2525").is_ok());
+        assert!(SmtpSettings::parse("smtp://u:secret@localhost:2525", None).is_ok());
     }
 
     #[test]

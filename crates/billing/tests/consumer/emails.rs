@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tollgate_billing::emails::templates;
 use tollgate_events::topology::BILLING_QUEUE;
-use tollgate_test_support::{SmtpFault, SmtpSink, TcpProxy, stripe_fixture, unix_now};
+use tollgate_test_support::{SinkOptions, SmtpFault, SmtpSink, TcpProxy, stripe_fixture, unix_now};
 
 use crate::helpers::*;
 use crate::invoices::invoice_event_for;
@@ -26,6 +26,11 @@ async fn with_sink(instances: usize) -> (SmtpSink, TestBilling) {
 }
 
 async fn spawn_with_smtp(smtp_url: Option<String>, instances: usize) -> TestBilling {
+    let smtp = smtp_url.map(|url| ("SMTP_URL", url));
+    spawn_with_env(smtp.into_iter().collect(), instances).await
+}
+
+async fn spawn_with_env(smtp: Vec<(&'static str, String)>, instances: usize) -> TestBilling {
     let mut env = vec![
         ("EMAIL_RETRY_BASE_MS", "200".to_string()),
         (
@@ -35,9 +40,7 @@ async fn spawn_with_smtp(smtp_url: Option<String>, instances: usize) -> TestBill
         // The email sender keeps a connection for LISTEN, as the outbox relay does.
         ("DATABASE_MAX_CONNECTIONS", "6".into()),
     ];
-    if let Some(url) = smtp_url {
-        env.push(("SMTP_URL", url));
-    }
+    env.extend(smtp);
     spawn_billing(Options {
         instances,
         env,
@@ -69,19 +72,21 @@ async fn outbox(billing: &TestBilling) -> Vec<Row> {
 
 /// Waits until the email about `object` has `status`.
 async fn wait_for(billing: &TestBilling, object: &str, status: &str) {
-    let what = format!("the email about {object} is {status}");
-    eventually(&what, Duration::from_secs(30), || async {
-        sqlx::query_scalar::<_, String>(
-            "SELECT status FROM email_outbox WHERE stripe_object_id = $1",
-        )
-        .bind(object)
-        .fetch_all(&billing.pool)
-        .await
-        .unwrap()
-        .iter()
-        .any(|s| s == status)
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = outbox(billing).await;
+        if rows
+            .iter()
+            .any(|r| r.stripe_object_id == object && r.status == status)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the email about {object} to be {status}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `count` emails are sent.
@@ -604,4 +609,80 @@ async fn without_smtp_url_emails_wait_in_the_outbox() {
     let rows = outbox(&billing).await;
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("pending", 0));
+}
+
+/// A submission server as providers run them: TLS (STARTTLS on 587, or
+/// implicit on 465), its certificate trusted through `SMTP_CA_FILE`, then a login.
+async fn submission_server(implicit_tls: bool, password: &str) -> SmtpSink {
+    SmtpSink::start_with(SinkOptions {
+        tls: !implicit_tls,
+        implicit_tls,
+        login: Some(("billing".into(), password.into())),
+    })
+    .await
+}
+
+fn submission_env(sink: &SmtpSink, url: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("SMTP_URL", url),
+        ("SMTP_CA_FILE", sink.certificate().display().to_string()),
+    ]
+}
+
+fn starttls_url(sink: &SmtpSink, password_in_url: &str) -> String {
+    format!(
+        "smtp://billing:{password_in_url}@{}?tls=required",
+        sink.addr()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_go_over_tls_with_a_login() {
+    for implicit_tls in [false, true] {
+        let sink = submission_server(implicit_tls, "p@ss:w/rd").await;
+        let url = if implicit_tls {
+            format!("smtps://billing:p%40ss%3Aw%2Frd@{}", sink.addr())
+        } else {
+            starttls_url(&sink, "p%40ss%3Aw%2Frd")
+        };
+        let mut billing = spawn_with_env(submission_env(&sink, url), 1).await;
+        deliver(&billing, &[failed_payment("in_tls", T0 + 200)]).await;
+        wait_for(&billing, "in_tls", "sent").await;
+        billing.stop().await;
+        let messages = sink.messages();
+        assert_eq!(messages.len(), 1, "implicit TLS: {implicit_tls}");
+        let session = (messages[0].tls, messages[0].login.as_deref());
+        assert_eq!(
+            session,
+            (true, Some("billing")),
+            "implicit TLS: {implicit_tls}"
+        );
+        assert_eq!(messages[0].subject, "Your payment of 249.00 USD failed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_retried_not_given_up() {
+    let sink = submission_server(false, "right").await;
+    let url = starttls_url(&sink, "wrong");
+    let mut billing = spawn_with_env(submission_env(&sink, url), 1).await;
+    deliver(&billing, &[failed_payment("in_login", T0 + 200)]).await;
+    eventually("two attempts refused", Duration::from_secs(30), || async {
+        let rows = outbox(&billing).await;
+        rows.iter()
+            .any(|r| r.status == "pending" && r.attempts >= 2)
+    })
+    .await;
+    billing.stop().await;
+    let row = outbox(&billing).await.remove(0);
+    // 535 at AUTH is a problem of our configuration, not of this email: fixing it
+    // lets the email go, no operator needed.
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("session"),
+        "{row:?}"
+    );
+    assert!(sink.messages().is_empty());
 }
