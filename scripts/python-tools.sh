@@ -25,6 +25,16 @@ installed() {
   done
 }
 
+# The SMTP sink makes its throwaway TLS certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || die "the openssl command is needed (install openssl)"
+  log "installing openssl (Debian package)"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq >/dev/null && $sudo_cmd apt-get install -y -qq openssl >/dev/null ||
+    die "could not install openssl"
+fi
+
 installed && exit 0
 
 mkdir -p "$(dirname "$venv")"
