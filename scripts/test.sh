@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Every test, against the real PostgreSQL, RabbitMQ and Redis on loopback.
+# Every test, against the real PostgreSQL, RabbitMQ and Redis on loopback, and a
+# real SMTP server (aiosmtpd) per email test.
 # Each test makes its own vhost / database / key prefix and removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+# Python tools the tests run (aiosmtpd, the SMTP sink); quiet when installed.
+scripts/python-tools.sh
 cargo test --workspace --all-targets --no-fail-fast "$@"

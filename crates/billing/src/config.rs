@@ -1,7 +1,14 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
+use lettre::message::Mailbox;
 use tollgate_runtime::config::{ConfigError, Env, redact_url};
 use tollgate_stripe::StripeConfig;
+
+use crate::emails::smtp::SmtpSettings;
+
+/// `EMAIL_FROM` when unset.
+pub const DEFAULT_EMAIL_FROM: &str = "Tollgate <billing@localhost>";
 
 /// Everything billing reads from its environment (see README, "Configuration").
 #[derive(Clone)]
@@ -37,6 +44,61 @@ pub struct Config {
     /// `STRIPE_REFETCH_RATE`: with a key, ambiguous same-second ties are settled by
     /// refetching the object; without one billing never calls Stripe.
     pub stripe: StripeConfig,
+    pub email: EmailConfig,
+}
+
+/// Payment emails (docs/billing-state.md, "Emails").
+#[derive(Clone, Debug)]
+pub struct EmailConfig {
+    /// `SMTP_URL`: `smtp://[user:pass@]host[:port][?tls=required|opportunistic]` or
+    /// `smtps://...`. Unset: emails are queued but not sent. `SMTP_CA_FILE`: PEM
+    /// root certificates trusted besides the public ones (a relay's private CA).
+    pub smtp: Option<SmtpSettings>,
+    /// `EMAIL_FROM`, default `Tollgate <billing@localhost>`.
+    pub from: Mailbox,
+    /// `EMAIL_MAX_ATTEMPTS`, default 12: SMTP attempts per email before it is `failed`.
+    pub max_attempts: u32,
+    /// `EMAIL_RETRY_BASE_MS`, default 30000: the wait before the second attempt,
+    /// doubling up to an hour (12 attempts span about five hours).
+    pub retry_base: Duration,
+}
+
+impl EmailConfig {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let extra_roots = env
+            .raw("SMTP_CA_FILE")
+            .map(|path| {
+                std::fs::read(path.trim())
+                    .map_err(|e| ConfigError::invalid("SMTP_CA_FILE", format!("{path}: {e}")))
+            })
+            .transpose()?;
+        let smtp = env
+            .raw("SMTP_URL")
+            .map(|url| SmtpSettings::parse(url.trim(), extra_roots.as_deref()))
+            .transpose()
+            .map_err(|e| ConfigError::invalid("SMTP_URL", e))?;
+        let from: Mailbox = env
+            .raw("EMAIL_FROM")
+            .as_deref()
+            .unwrap_or(DEFAULT_EMAIL_FROM)
+            .trim()
+            .parse()
+            .map_err(|e| ConfigError::invalid("EMAIL_FROM", format!("not an address ({e})")))?;
+        let max_attempts: u32 = env.or("EMAIL_MAX_ATTEMPTS", 12)?;
+        if max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "EMAIL_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
+        }
+        let retry_base_ms: u64 = env.or("EMAIL_RETRY_BASE_MS", 30_000)?;
+        Ok(Self {
+            smtp,
+            from,
+            max_attempts,
+            retry_base: Duration::from_millis(retry_base_ms.max(1)),
+        })
+    }
 }
 
 impl Config {
@@ -87,6 +149,7 @@ impl Config {
             outbox_relay: env.flag("BILLING_OUTBOX_RELAY", true)?,
             payload_retention_days: env.or("BILLING_PAYLOAD_RETENTION_DAYS", 90)?,
             stripe: StripeConfig::from_env(env)?,
+            email: EmailConfig::from_env(env)?,
         })
     }
 }
@@ -107,6 +170,7 @@ impl std::fmt::Debug for Config {
             .field("outbox_relay", &self.outbox_relay)
             .field("payload_retention_days", &self.payload_retention_days)
             .field("stripe", &self.stripe)
+            .field("email", &self.email)
             .finish()
     }
 }
@@ -154,6 +218,60 @@ mod tests {
             Config::from_env(&bad),
             Err(ConfigError::Invalid {
                 name: "BILLING_PREFETCH",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn emails_are_off_without_smtp_and_the_smtp_password_never_prints() {
+        let base = [
+            ("AMQP_URL", "amqp://x"),
+            ("DATABASE_URL", "postgres://db/app"),
+        ];
+        let config = Config::from_env(&Env::from_pairs(base)).unwrap();
+        assert!(config.email.smtp.is_none());
+        assert_eq!(config.email.from.to_string(), DEFAULT_EMAIL_FROM);
+        assert_eq!(config.email.max_attempts, 12);
+
+        let mut pairs = base.to_vec();
+        pairs.push(("SMTP_URL", "smtps://billing:hunter2@smtp.example.com"));
+        pairs.push(("EMAIL_FROM", "Acme Billing <billing@acme.test>"));
+        let config = Config::from_env(&Env::from_pairs(pairs.clone())).unwrap();
+        assert_eq!(config.email.smtp.as_ref().unwrap().port, 465);
+        assert_eq!(config.email.from.email.domain(), "acme.test");
+        let printed = format!("{config:?}");
+        assert!(
+            !printed.contains("hunter2") && printed.contains("smtp.example.com"),
+            "{printed}"
+        );
+
+        pairs[2] = ("SMTP_URL", "smtp://billing:hunter2@smtp.example.com");
+        let error = Config::from_env(&Env::from_pairs(pairs.clone())).unwrap_err();
+        assert!(matches!(
+            error,
+            ConfigError::Invalid {
+                name: "SMTP_URL",
+                ..
+            }
+        ));
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        pairs[2] = ("SMTP_URL", "smtps://smtp.example.com");
+        pairs.push(("SMTP_CA_FILE", "/nonexistent/ca.pem"));
+        assert!(matches!(
+            Config::from_env(&Env::from_pairs(pairs.clone())),
+            Err(ConfigError::Invalid {
+                name: "SMTP_CA_FILE",
+                ..
+            })
+        ));
+        pairs.pop();
+        pairs[2] = ("SMTP_URL", "smtp://127.0.0.1:1025");
+        pairs[3] = ("EMAIL_FROM", "not an address");
+        assert!(matches!(
+            Config::from_env(&Env::from_pairs(pairs)),
+            Err(ConfigError::Invalid {
+                name: "EMAIL_FROM",
                 ..
             })
         ));

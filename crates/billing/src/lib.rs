@@ -5,13 +5,15 @@
 //! transaction as its effects), retries with backoff through delay queues for
 //! transient failures, dead-lettering with the error for poison messages, and
 //! the checkout and subscription handlers with the ordering gate and derived
-//! access, and the Stripe refetch that settles ambiguous same-second ties
-//! (docs/billing-state.md).
+//! access, the Stripe refetch that settles ambiguous same-second ties
+//! (docs/billing-state.md), the entitlement-change outbox, and payment
+//! emails sent over SMTP from an outbox of their own.
 
 pub mod config;
 pub mod consumer;
 pub mod customers;
 pub mod db;
+pub mod emails;
 pub mod handlers;
 pub mod http;
 pub mod ledger;
@@ -21,6 +23,7 @@ pub mod refetch;
 pub mod retention;
 pub mod startup;
 pub mod stripe;
+pub mod wakeup;
 
 pub use config::Config;
 pub use startup::Application;

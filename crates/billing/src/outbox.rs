@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tollgate_broker::Publisher;
 use tollgate_broker::lapin::BasicProperties;
@@ -14,6 +13,7 @@ use tracing::{debug, warn};
 
 use crate::customers::Tx;
 use crate::process::ProcessError;
+use crate::wakeup::Wakeup;
 
 /// Also named in `write`'s SQL.
 const CHANNEL: &str = "tollgate_outbox";
@@ -100,42 +100,18 @@ async fn write(
 /// Publishes unpublished outbox rows until `stop`; woken by NOTIFY, and polling
 /// every second as well, so nothing waits on a lost notification.
 pub async fn relay(pool: PgPool, publisher: Publisher, mut stop: watch::Receiver<bool>) {
-    let mut listener: Option<PgListener> = None;
+    let mut wakeup = Wakeup::new(pool.clone(), CHANNEL, "outbox relay");
     loop {
         if *stop.borrow() {
             return;
         }
-        if listener.is_none() {
-            match PgListener::connect_with(&pool).await {
-                Ok(mut l) => match l.listen(CHANNEL).await {
-                    Ok(()) => listener = Some(l),
-                    Err(e) => warn!(error = %e, "outbox relay cannot LISTEN; polling"),
-                },
-                Err(e) => warn!(error = %e, "outbox relay cannot connect; polling"),
-            }
-        }
+        wakeup.listen().await;
         match drain(&pool, &publisher).await {
             Ok(0) => {}
             Ok(n) => debug!(published = n, "outbox relayed"),
             Err(e) => warn!(error = %e, "outbox relay failed; retrying"),
         }
-        let woken = async {
-            match listener.as_mut() {
-                Some(l) => l.recv().await.map(|_| ()),
-                None => std::future::pending().await,
-            }
-        };
-        let stopping = tokio::select! {
-            result = woken => {
-                if result.is_err() {
-                    listener = None;
-                }
-                false
-            }
-            () = tokio::time::sleep(Duration::from_secs(1)) => false,
-            changed = stop.changed() => changed.is_err() || *stop.borrow(),
-        };
-        if stopping {
+        if wakeup.wait(Duration::from_secs(1), &mut stop).await {
             // Announce what is already committed before leaving.
             let _ = drain(&pool, &publisher).await;
             return;

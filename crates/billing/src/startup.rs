@@ -25,6 +25,7 @@ pub struct Application {
     retention: Option<tokio::task::JoinHandle<()>>,
     http: actix_web::dev::Server,
     http_port: u16,
+    emails: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -77,6 +78,28 @@ impl Application {
             let age = Duration::from_secs(u64::from(config.payload_retention_days) * 86_400);
             tokio::spawn(crate::retention::run(pool.clone(), age, stop_rx.clone()))
         });
+        let emails = match &config.email.smtp {
+            Some(smtp) => {
+                tracing::info!(smtp = ?smtp, "payment emails are sent over SMTP");
+                let sender = crate::emails::sender::SenderConfig {
+                    smtp: smtp.clone(),
+                    from: config.email.from.clone(),
+                    max_attempts: config.email.max_attempts,
+                    retry_base: config.email.retry_base,
+                };
+                Some(tokio::spawn(crate::emails::sender::run(
+                    pool.clone(),
+                    sender,
+                    stop_rx.clone(),
+                )))
+            }
+            None => {
+                tracing::warn!(
+                    "SMTP_URL is not set: payment emails are queued in email_outbox but not sent"
+                );
+                None
+            }
+        };
         let consumer = tokio::spawn(consumer.run(stop_rx));
         let listener = std::net::TcpListener::bind(config.addr)
             .with_context(|| format!("BILLING_ADDR {}", config.addr))?;
@@ -94,6 +117,7 @@ impl Application {
             consumer,
             relay,
             retention,
+            emails,
         })
     }
 
@@ -135,6 +159,9 @@ impl Application {
         }
         if let Some(retention) = self.retention {
             retention.await.context("retention task")?;
+        }
+        if let Some(emails) = self.emails {
+            emails.await.context("email sender task")?;
         }
         http_handle.stop(true).await;
         let _ = http.await;

@@ -270,6 +270,12 @@ pub struct Invoice {
     pub hosted_invoice_url: Option<String>,
     #[serde(default)]
     pub invoice_pdf: Option<String>,
+    /// The address the invoice was sent to (personal data: never logged).
+    #[serde(default)]
+    pub customer_email: Option<String>,
+    /// When Stripe retries a failed payment next, if it will.
+    #[serde(default)]
+    pub next_payment_attempt: Option<i64>,
     pub created: i64,
     #[serde(default)]
     pub period_start: Option<i64>,

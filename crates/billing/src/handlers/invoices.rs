@@ -6,8 +6,10 @@ use chrono::{DateTime, Utc};
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 use tollgate_stripe::ObjectKind;
+use tracing::debug;
 
 use crate::customers::{self, Tx};
+use crate::emails::{self, EmailData, Kind, NewEmail};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::refetch::{self, Handled, Refetch, Settled, SnapshotKey};
@@ -143,6 +145,7 @@ pub async fn snapshot(
     write(tx, &invoice.id, &write_row, &key).await?;
     sync_transaction(tx, customer_id, &invoice.id).await?;
     customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    queue_email(tx, envelope, &invoice, customer_id).await?;
     Ok(Applied::Processed.into())
 }
 
@@ -239,6 +242,73 @@ async fn write(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The payment-failed email or the receipt, when what the event reports is
+/// still true of the stored invoice (this event's snapshot, or a newer one that
+/// won the gate): no "payment failed" for an invoice already paid or for an
+/// attempt a later one superseded, no receipt for nothing paid. One receipt per
+/// invoice, whether `invoice.paid`, `invoice.payment_succeeded` or both arrive.
+async fn queue_email(
+    tx: &mut Tx,
+    envelope: &EventEnvelope,
+    invoice: &Invoice,
+    customer_id: uuid::Uuid,
+) -> Result<(), ProcessError> {
+    let kind = match envelope.event_type.as_str() {
+        "invoice.payment_failed" => Kind::PaymentFailed,
+        "invoice.paid" | "invoice.payment_succeeded" => Kind::Receipt,
+        _ => return Ok(()),
+    };
+    let (stored_status, stored_attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempt_count FROM invoices WHERE stripe_invoice_id = $1")
+            .bind(&invoice.id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let attempt = invoice.attempt_count.unwrap_or(0);
+    let mut data = EmailData {
+        currency: Some(invoice.currency.to_ascii_lowercase()),
+        invoice_number: invoice.number.clone(),
+        hosted_invoice_url: invoice.hosted_invoice_url.clone(),
+        for_subscription: invoice.subscription_id().is_some(),
+        ..EmailData::default()
+    };
+    let (still_true, dedupe_key) = match kind {
+        Kind::PaymentFailed => {
+            data.amount = Some(invoice.amount_remaining);
+            data.next_payment_attempt = invoice.next_payment_attempt;
+            (
+                invoice.amount_remaining > 0
+                    && !matches!(stored_status.as_str(), "paid" | "void")
+                    && attempt >= stored_attempts,
+                format!("payment_failed:{}:{attempt}", invoice.id),
+            )
+        }
+        _ => {
+            data.amount = Some(invoice.amount_paid);
+            data.paid_at = invoice.paid_at();
+            (
+                invoice.status.as_deref() == Some("paid")
+                    && stored_status == "paid"
+                    && invoice.amount_paid > 0,
+                format!("receipt:{}", invoice.id),
+            )
+        }
+    };
+    if !still_true {
+        debug!(event_id = %envelope.id, %customer_id, kind = kind.as_str(), stored_status,
+               "invoice email not queued: no longer (or never) true");
+        return Ok(());
+    }
+    let email = NewEmail {
+        kind,
+        dedupe_key,
+        stripe_object_id: &invoice.id,
+        customer_id,
+        fallback_recipient: invoice.customer_email.as_deref(),
+        data,
+    };
+    emails::enqueue(tx, envelope, email).await
 }
 
 /// The subscription-payment transaction mirrors the *stored* invoice, so it is as

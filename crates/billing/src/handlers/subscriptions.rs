@@ -4,8 +4,10 @@ use chrono::{DateTime, Utc};
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 use tollgate_stripe::ObjectKind;
+use tracing::debug;
 
 use crate::customers::{self, Tx};
+use crate::emails::{self, EmailData, Kind, NewEmail};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::refetch::{self, Handled, Refetch, Settled, SnapshotKey};
@@ -148,17 +150,16 @@ pub async fn snapshot(
         Settled::Refetch(ambiguity) => return Ok(Handled::Refetch(ambiguity)),
     };
     write(tx, &subscription.id, &row, &key).await?;
-    record_change(
-        tx,
-        plans,
+    let stored = StoredSnapshot {
         envelope,
         payload,
-        &subscription,
+        subscription: &subscription,
         customer_id,
-        &event_tier,
-    )
-    .await?;
+        tier: &event_tier,
+    };
+    record_change(tx, plans, &stored).await?;
     customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    queue_email(tx, plans, &stored).await?;
     Ok(Applied::Processed.into())
 }
 
@@ -230,26 +231,132 @@ async fn write(
     Ok(())
 }
 
+/// A snapshot just stored (or gated), for what follows from it.
+struct StoredSnapshot<'a> {
+    envelope: &'a EventEnvelope,
+    payload: &'a serde_json::Value,
+    subscription: &'a Subscription,
+    customer_id: uuid::Uuid,
+    tier: &'a str,
+}
+
+/// The update asks to cancel at the end of the period (`cancel_at_period_end`
+/// turned true, per `previous_attributes`).
+fn cancel_requested(payload: &serde_json::Value, subscription: &Subscription) -> bool {
+    payload
+        .pointer("/data/previous_attributes/cancel_at_period_end")
+        .and_then(serde_json::Value::as_bool)
+        == Some(false)
+        && subscription.cancel_at_period_end == Some(true)
+}
+
+/// The trial-ending, cancellation or "ends on ..." email, when what the event
+/// reports is still true of the stored subscription (docs/billing-state.md,
+/// "Emails"): no trial notice once the trial is over or converted, no "ends on"
+/// once the cancellation was undone.
+async fn queue_email(
+    tx: &mut Tx,
+    plans: &Plans,
+    stored: &StoredSnapshot<'_>,
+) -> Result<(), ProcessError> {
+    let StoredSnapshot {
+        envelope,
+        payload,
+        subscription,
+        customer_id,
+        tier,
+    } = *stored;
+    let (_, period_end) = subscription.period();
+    let (kind, dedupe_key) = match envelope.event_type.as_str() {
+        "customer.subscription.trial_will_end" => (
+            Kind::TrialEnding,
+            format!(
+                "trial_ending:{}:{}",
+                subscription.id,
+                subscription.trial_end.unwrap_or(0)
+            ),
+        ),
+        "customer.subscription.deleted" => (
+            Kind::Cancellation,
+            format!("cancellation:{}", subscription.id),
+        ),
+        "customer.subscription.updated" if cancel_requested(payload, subscription) => (
+            Kind::CancellationScheduled,
+            format!(
+                "cancellation_scheduled:{}:{}",
+                subscription.id,
+                period_end.unwrap_or(0)
+            ),
+        ),
+        _ => return Ok(()),
+    };
+    let (status, trial_end, cancel_at_period_end): (
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        bool,
+    ) = sqlx::query_as(
+        "SELECT status, trial_end, cancel_at_period_end FROM subscriptions WHERE stripe_subscription_id = $1",
+    )
+    .bind(&subscription.id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let ended = matches!(status.as_str(), "canceled" | "incomplete_expired");
+    let still_true = match kind {
+        Kind::TrialEnding => {
+            subscription.status == "trialing"
+                && status == "trialing"
+                && trial_end.map(|t| t.timestamp()) == subscription.trial_end
+                && subscription
+                    .trial_end
+                    .is_some_and(|end| end > chrono::Utc::now().timestamp())
+        }
+        Kind::Cancellation => subscription.status == "canceled",
+        _ => cancel_at_period_end && !ended,
+    };
+    if !still_true {
+        debug!(event_id = %envelope.id, %customer_id, kind = kind.as_str(), status,
+               "subscription email not queued: no longer (or never) true");
+        return Ok(());
+    }
+    let data = EmailData {
+        plan: plans.tier(tier).map(|t| t.name.clone()),
+        trial_end: subscription.trial_end.filter(|_| kind == Kind::TrialEnding),
+        period_end: period_end.filter(|_| kind == Kind::CancellationScheduled),
+        ended_at: subscription
+            .ended_at
+            .or(subscription.canceled_at)
+            .filter(|_| kind == Kind::Cancellation),
+        ..EmailData::default()
+    };
+    let email = NewEmail {
+        kind,
+        dedupe_key,
+        stripe_object_id: &subscription.id,
+        customer_id,
+        fallback_recipient: None,
+        data,
+    };
+    emails::enqueue(tx, envelope, email).await
+}
+
 /// The customer-visible history of plan changes. Derived from the event itself
 /// (its `previous_attributes`), not from stored state, and keyed by the event or
 /// the subscription, so it is written exactly once whatever the delivery order.
 async fn record_change(
     tx: &mut Tx,
     plans: &Plans,
-    envelope: &EventEnvelope,
-    payload: &serde_json::Value,
-    subscription: &Subscription,
-    customer_id: uuid::Uuid,
-    tier: &str,
+    stored: &StoredSnapshot<'_>,
 ) -> Result<(), ProcessError> {
+    let StoredSnapshot {
+        envelope,
+        payload,
+        subscription,
+        customer_id,
+        tier,
+    } = *stored;
     let previous = payload.pointer("/data/previous_attributes");
     let canceled = envelope.event_type == "customer.subscription.deleted";
-    let cancel_requested = previous
-        .and_then(|p| p.get("cancel_at_period_end"))
-        .and_then(serde_json::Value::as_bool)
-        == Some(false)
-        && subscription.cancel_at_period_end == Some(true);
-    if canceled || cancel_requested {
+    if canceled || cancel_requested(payload, subscription) {
         let status = if canceled { "succeeded" } else { "pending" };
         let description = if canceled {
             "Subscription canceled"

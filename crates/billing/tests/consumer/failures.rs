@@ -42,13 +42,7 @@ async fn a_poison_message_is_dead_lettered_with_its_error_and_others_keep_flowin
     eventually(
         "the dead letter is recorded",
         Duration::from_secs(10),
-        || async {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters")
-                .fetch_one(&billing.pool)
-                .await
-                .unwrap()
-                == 1
-        },
+        || async { billing.dead_letter_count().await == 1 },
     )
     .await;
     let (error, resolution, payload): (String, String, Vec<u8>) =

@@ -39,7 +39,7 @@ pub struct Options {
     pub plans_path: Option<String>,
     pub db_via_proxy: bool,
     pub max_attempts: u32,
-    /// More environment for every instance (e.g. `STRIPE_SECRET_KEY`).
+    /// More environment for every instance (`STRIPE_SECRET_KEY`, `SMTP_URL`, ...).
     pub env: Vec<(&'static str, String)>,
 }
 
@@ -85,10 +85,10 @@ pub async fn spawn_billing(options: Options) -> TestBilling {
         database_url,
         max_attempts: options.max_attempts,
         plans_path: options.plans_path.unwrap_or_else(plans_path),
+        env: options.env,
         instances: Vec::new(),
         http_ports: Vec::new(),
         refetchers: Vec::new(),
-        env: options.env,
     };
     for _ in 0..options.instances {
         billing.start_instance().await;
@@ -180,6 +180,14 @@ impl TestBilling {
             .message_count();
         connection.close(200, "done".into()).await.ok();
         count
+    }
+
+    /// Rows in `dead_letters` (messages billing gave up on).
+    pub async fn dead_letter_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn event_count(&self) -> i64 {

@@ -13,13 +13,26 @@ const CUS: &str = "cus_inv";
 /// The real 2025-shape `invoice.payment_failed` payload (pay-rails), pointed at our
 /// customer and subscription, as an event of `event_type` at `created`.
 fn invoice_event(event_type: &str, created: i64, paid: bool) -> (String, Vec<u8>) {
+    invoice_event_for(CUS, SUB, "in_1234", event_type, created, paid)
+}
+
+/// The same real payload for any customer, subscription and invoice id.
+pub fn invoice_event_for(
+    customer: &str,
+    subscription: &str,
+    invoice_id: &str,
+    event_type: &str,
+    created: i64,
+    paid: bool,
+) -> (String, Vec<u8>) {
     let mut data: Value = serde_json::from_slice(&stripe_fixture(
         "data-only/invoice.payment_failed.data-only.pay-rails.json",
     ))
     .unwrap();
     let invoice = &mut data["object"];
-    invoice["customer"] = CUS.into();
-    invoice["parent"]["subscription_details"]["subscription"] = SUB.into();
+    invoice["id"] = invoice_id.into();
+    invoice["customer"] = customer.into();
+    invoice["parent"]["subscription_details"]["subscription"] = subscription.into();
     invoice["created"] = (T0 + 100).into();
     if paid {
         invoice["status"] = "paid".into();
@@ -27,7 +40,10 @@ fn invoice_event(event_type: &str, created: i64, paid: bool) -> (String, Vec<u8>
         invoice["amount_remaining"] = 0.into();
         invoice["status_transitions"]["paid_at"] = created.into();
     }
-    let id = format!("evt_{}_{created}", event_type.replace('.', "_"));
+    let id = format!(
+        "evt_{}_{invoice_id}_{created}",
+        event_type.replace('.', "_")
+    );
     let event = json!({ "id": id, "object": "event", "type": event_type, "created": created,
         "livemode": false, "api_version": "2025-03-31.basil", "data": data });
     (id, serde_json::to_vec(&event).unwrap())

@@ -8,6 +8,7 @@ mod crash;
 mod credits;
 mod delivery;
 mod disputes;
+mod emails;
 mod failures;
 mod invoices;
 mod outbox;
