@@ -14,17 +14,31 @@ pub async fn lock_or_create(
     tx: &mut Tx,
     stripe_customer_id: &str,
 ) -> Result<uuid::Uuid, ProcessError> {
-    // One round trip: the no-op update takes the row lock and returns the id
-    // whether the row was just created or already there.
-    let id = sqlx::query_scalar(
-        "INSERT INTO customers (stripe_customer_id) VALUES ($1)
-         ON CONFLICT (stripe_customer_id) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id
-         RETURNING id",
-    )
-    .bind(stripe_customer_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(id)
+    // One round trip in the usual case: lock the existing row (a row lock writes
+    // no new row version, unlike a no-op upsert), or insert it. A concurrent
+    // insert of the same customer makes both halves come back empty; the next
+    // try then finds and locks the committed row.
+    for _ in 0..3 {
+        let id: Option<uuid::Uuid> = sqlx::query_scalar(
+            "WITH existing AS (
+                 SELECT id FROM customers WHERE stripe_customer_id = $1 FOR UPDATE),
+             created AS (
+                 INSERT INTO customers (stripe_customer_id)
+                 SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM existing)
+                 ON CONFLICT (stripe_customer_id) DO NOTHING
+                 RETURNING id)
+             SELECT id FROM existing UNION ALL SELECT id FROM created",
+        )
+        .bind(stripe_customer_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(id) = id {
+            return Ok(id);
+        }
+    }
+    Err(ProcessError::Transient(format!(
+        "customer {stripe_customer_id} could be neither found nor created"
+    )))
 }
 
 /// Records who the customer is. A user id, once set, is never silently replaced by
