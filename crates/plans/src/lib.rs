@@ -393,10 +393,16 @@ mod tests {
             .collect();
         assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
         assert_eq!(
-            plans.price_by_key("pro_plus_monthly").map(|p| p.id.as_str()),
+            plans
+                .price_by_key("pro_plus_monthly")
+                .map(|p| p.id.as_str()),
             Some("price_pro_plus_monthly")
         );
-        assert_eq!(plans.price_by_key("price_pro_monthly"), None, "keys, not ids");
+        assert_eq!(
+            plans.price_by_key("price_pro_monthly"),
+            None,
+            "keys, not ids"
+        );
         assert_eq!(plans.prices_for_sale().count(), 4);
         let packs: Vec<u64> = plans.credit_packs().iter().map(|p| p.credits).collect();
         assert_eq!(packs, [500, 1000, 5000, 10000]);
@@ -484,7 +490,9 @@ mod tests {
                 PlansError::BadPriceKey("k".into()),
             ),
             (
-                format!("{base}\n[[prices]]\nid = \"p\"\ntier = \"free\"\nplan = \"A\"\nkey = \"Pro Monthly\""),
+                format!(
+                    "{base}\n[[prices]]\nid = \"p\"\ntier = \"free\"\nplan = \"A\"\nkey = \"Pro Monthly\""
+                ),
                 PlansError::BadPriceKey("Pro Monthly".into()),
             ),
             (
