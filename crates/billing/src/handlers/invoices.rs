@@ -7,7 +7,7 @@ use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 use tollgate_stripe::ObjectKind;
 
-use crate::customers::{self, Tx};
+use crate::customers::{self, Source, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::refetch::{self, Handled, Refetch, Settled, SnapshotKey};
@@ -103,6 +103,7 @@ pub async fn snapshot(
     refetch: Refetch<'_>,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    source: Source,
 ) -> Result<Handled, ProcessError> {
     let invoice: Invoice = stripe::object(payload)?;
     let row = InvoiceRow::new(&invoice)?;
@@ -142,7 +143,7 @@ pub async fn snapshot(
     };
     write(tx, &invoice.id, &write_row, &key).await?;
     sync_transaction(tx, customer_id, &invoice.id).await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope, source).await?;
     Ok(Applied::Processed.into())
 }
 

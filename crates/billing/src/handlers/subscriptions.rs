@@ -5,7 +5,7 @@ use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 use tollgate_stripe::ObjectKind;
 
-use crate::customers::{self, Tx};
+use crate::customers::{self, Source, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::refetch::{self, Handled, Refetch, Settled, SnapshotKey};
@@ -106,6 +106,7 @@ pub async fn snapshot(
     refetch: Refetch<'_>,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    source: Source,
 ) -> Result<Handled, ProcessError> {
     let subscription: Subscription = stripe::object(payload)?;
     let customer_id = customers::lock_or_create(tx, subscription.customer.id()).await?;
@@ -158,7 +159,7 @@ pub async fn snapshot(
         &event_tier,
     )
     .await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope, source).await?;
     Ok(Applied::Processed.into())
 }
 
