@@ -6,8 +6,11 @@
 //! transient failures, dead-lettering with the error for poison messages, and
 //! the checkout and subscription handlers with the ordering gate and derived
 //! access, and the Stripe refetch that settles ambiguous same-second ties
-//! (docs/billing-state.md).
+//! (docs/billing-state.md); the customer-facing Stripe operations (checkout, portal,
+//! plan changes: `account`) and the repair of state from Stripe's API (`reconcile`).
 
+pub mod account;
+pub mod checkout_limit;
 pub mod config;
 pub mod consumer;
 pub mod customers;

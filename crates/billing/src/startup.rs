@@ -73,10 +73,13 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
-        let retention = (config.payload_retention_days > 0).then(|| {
-            let age = Duration::from_secs(u64::from(config.payload_retention_days) * 86_400);
-            tokio::spawn(crate::retention::run(pool.clone(), age, stop_rx.clone()))
-        });
+        let payload_age = (config.payload_retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(config.payload_retention_days) * 86_400));
+        let retention = Some(tokio::spawn(crate::retention::run(
+            pool.clone(),
+            payload_age,
+            stop_rx.clone(),
+        )));
         let consumer = tokio::spawn(consumer.run(stop_rx));
         let listener = std::net::TcpListener::bind(config.addr)
             .with_context(|| format!("BILLING_ADDR {}", config.addr))?;

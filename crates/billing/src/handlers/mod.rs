@@ -155,6 +155,10 @@ mod tests {
             );
         }
         let routed = routing.matches("\"").count() / 2;
-        assert_eq!(routed, HANDLED_EVENT_TYPES.len(), "a routed type is not listed");
+        assert_eq!(
+            routed,
+            HANDLED_EVENT_TYPES.len(),
+            "a routed type is not listed"
+        );
     }
 }
