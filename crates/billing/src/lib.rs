@@ -20,6 +20,7 @@ pub mod http;
 pub mod ledger;
 pub mod outbox;
 pub mod process;
+pub mod reconcile;
 pub mod refetch;
 pub mod retention;
 pub mod startup;

@@ -162,3 +162,66 @@ pub fn assert_stripe_headers(request: &RecordedRequest) {
         );
     }
 }
+pub async fn audit_sources(pool: &PgPool) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT trigger_source, new_status, COALESCE(new_tier, '') FROM access_audit ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Stripe's example event, made one of ours: `id` of `event_type` at `created` about
+/// `object` (with `previous_attributes` when given).
+pub fn stripe_event(
+    id: &str,
+    event_type: &str,
+    created: i64,
+    object: Value,
+    previous: Option<Value>,
+) -> Value {
+    let mut event = stripe_object("event");
+    event["id"] = id.into();
+    event["type"] = event_type.into();
+    event["created"] = created.into();
+    event["api_version"] = tollgate_stripe::api_version().into();
+    event["data"] = serde_json::json!({ "object": object });
+    if let Some(previous) = previous {
+        event["data"]["previous_attributes"] = previous;
+    }
+    event
+}
+
+/// A reconciler on the harness's database and stand-in, with short waits and small pages.
+pub fn reconciler(h: &Harness, page_size: u8) -> tollgate_billing::reconcile::Reconciler {
+    let mut reconciler = tollgate_billing::reconcile::Reconciler::new(
+        h.pool.clone(),
+        h.plans.clone(),
+        h.client(),
+        tollgate_stripe::Refetcher::disabled(),
+    );
+    reconciler.backoff = tollgate_stripe::Backoff {
+        first: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+        attempts: 5,
+    };
+    reconciler.page_size = page_size;
+    reconciler.retry_pause = Duration::from_millis(10);
+    reconciler
+}
+
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// (access status, tier) of the customer.
+pub async fn access(pool: &PgPool, stripe_customer: &str) -> (String, Option<String>) {
+    sqlx::query_as("SELECT access_status, tier FROM customers WHERE stripe_customer_id = $1")
+        .bind(stripe_customer)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

@@ -3,4 +3,5 @@
 
 mod checkout;
 mod helpers;
+mod reconcile;
 mod subscriptions;
