@@ -294,6 +294,23 @@ impl Account {
         }
     }
 
+    /// From the environment: `STRIPE_SECRET_KEY` (required here), `STRIPE_API_BASE`,
+    /// `STRIPE_TIMEOUT_MS`, and [`AccountConfig::from_env`]'s variables.
+    pub fn from_env(pool: PgPool, plans: Arc<Plans>, env: &Env) -> Result<Self, ConfigError> {
+        let stripe = tollgate_stripe::StripeConfig::from_env(env)?;
+        let client = StripeClient::from_config(&stripe)
+            .map_err(|e| ConfigError::invalid("STRIPE_API_BASE", e))?
+            .ok_or(ConfigError::Missing {
+                name: "STRIPE_SECRET_KEY",
+            })?;
+        Ok(Self::new(
+            pool,
+            plans,
+            client,
+            AccountConfig::from_env(env)?,
+        ))
+    }
+
     /// Replaces the wall clock (tests: the rate limit's window, idempotency buckets).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -322,6 +339,17 @@ impl Account {
             )
             .await?;
         let mut tx = self.pool.begin().await?;
+        // A row of the user without a Stripe customer (made by an operator, say) gets this
+        // one, rather than a second row for the same user.
+        sqlx::query(
+            "UPDATE customers SET stripe_customer_id = $2, updated_at = now()
+              WHERE user_id = $1 AND stripe_customer_id IS NULL
+                AND NOT EXISTS (SELECT 1 FROM customers WHERE stripe_customer_id = $2)",
+        )
+        .bind(user.id)
+        .bind(&customer.id)
+        .execute(&mut *tx)
+        .await?;
         let customer_id = customers::lock_or_create(&mut tx, &customer.id).await?;
         customers::link_user(&mut tx, customer_id, Some(user.id), user.email).await?;
         tx.commit().await?;

@@ -449,3 +449,49 @@ async fn refusals_are_typed_and_a_subscriber_is_not_sold_a_second_subscription()
         .unwrap_err();
     assert_eq!(invalid.status(), 400);
 }
+
+#[tokio::test]
+async fn a_user_row_without_a_stripe_customer_gets_the_new_one() {
+    let h = Harness::start().await;
+    sqlx::query("INSERT INTO customers (user_id, test_user) VALUES ('user_gil', true)")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    h.stand_in.reply(
+        "POST",
+        "/v1/customers",
+        Reply::object(&customer_object(
+            "cus_gil",
+            Some("user_gil"),
+            "gil@example.test",
+            1,
+        )),
+    );
+    let gil = User {
+        id: "user_gil",
+        email: Some("gil@example.test"),
+    };
+    assert_eq!(h.account().ensure_customer(gil).await.unwrap(), "cus_gil");
+    let rows: Vec<(Option<String>, bool)> = sqlx::query_as(
+        "SELECT stripe_customer_id, test_user FROM customers WHERE user_id = 'user_gil'",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, [(Some("cus_gil".to_string()), true)]);
+    // From the environment, a key is required.
+    let env = tollgate_runtime::Env::from_pairs([
+        ("CHECKOUT_SUCCESS_URL", "https://app.test/ok"),
+        ("CHECKOUT_CANCEL_URL", "https://app.test/no"),
+        ("PORTAL_RETURN_URL", "https://app.test/account"),
+    ]);
+    let missing =
+        tollgate_billing::account::Account::from_env(h.pool.clone(), h.plans.clone(), &env)
+            .unwrap_err();
+    assert_eq!(
+        missing,
+        tollgate_runtime::ConfigError::Missing {
+            name: "STRIPE_SECRET_KEY"
+        }
+    );
+}
