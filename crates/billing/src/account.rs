@@ -477,10 +477,12 @@ impl Account {
             // Portal links are short-lived: a repeat within the minute gets the same one,
             // a later visit a fresh one.
             let bucket = self.bucket(self.config.idempotency_window.min(Duration::from_secs(60)));
-            let key = match idempotency_key {
-                Some(caller) => IdempotencyKey::derive("portal", &[user_id, "caller", caller]),
-                None => IdempotencyKey::derive("portal", &[user_id, &customer, &bucket]),
-            };
+            let key = key_for(
+                "portal",
+                user_id,
+                idempotency_key,
+                &[user_id, &customer, &bucket],
+            );
             let session = self
                 .stripe
                 .create_portal_session(
@@ -525,22 +527,19 @@ impl Account {
                 Proration::AlwaysInvoice => "always_invoice",
                 Proration::None => "none",
             };
-            let key = match idempotency_key {
-                Some(caller) => {
-                    IdempotencyKey::derive("subscription-change", &[user_id, "caller", caller])
-                }
-                None => IdempotencyKey::derive(
-                    "subscription-change",
-                    &[
-                        &current.id,
-                        &current.item_id,
-                        current.price_id.as_deref().unwrap_or(""),
-                        &price.id,
-                        proration_name,
-                        &self.bucket(self.config.idempotency_window),
-                    ],
-                ),
-            };
+            let key = key_for(
+                "subscription-change",
+                user_id,
+                idempotency_key,
+                &[
+                    &current.id,
+                    &current.item_id,
+                    current.price_id.as_deref().unwrap_or(""),
+                    &price.id,
+                    proration_name,
+                    &self.bucket(self.config.idempotency_window),
+                ],
+            );
             let update = SubscriptionUpdate {
                 items: vec![ItemChange {
                     id: current.item_id.clone(),
@@ -576,16 +575,12 @@ impl Account {
                     return self.state_of(&current.object);
                 }
                 CancelAt::PeriodEnd => {
-                    let key = match idempotency_key {
-                        Some(caller) => IdempotencyKey::derive(
-                            "subscription-cancel",
-                            &[user_id, "caller", caller],
-                        ),
-                        None => IdempotencyKey::derive(
-                            "subscription-cancel",
-                            &[&current.id, &self.bucket(self.config.idempotency_window)],
-                        ),
-                    };
+                    let key = key_for(
+                        "subscription-cancel",
+                        user_id,
+                        idempotency_key,
+                        &[&current.id, &self.bucket(self.config.idempotency_window)],
+                    );
                     let update = SubscriptionUpdate {
                         cancel_at_period_end: Some(true),
                         ..Default::default()
@@ -629,20 +624,16 @@ impl Account {
         idempotency_key: Option<&str>,
         customer: String,
     ) -> Result<Checkout, AccountError> {
-        let key = match idempotency_key {
-            Some(caller) => IdempotencyKey::derive("checkout", &[user.id, "caller", caller]),
-            None => {
-                // The whole request is the intent: the same user asking for the same thing
-                // within the bucket gets the same session; anything different (another
-                // price, new URLs after a deploy) is a new request, never Stripe's
-                // "same key, other parameters" error.
-                let intent = serde_json::to_string(&params).unwrap_or_default();
-                IdempotencyKey::derive(
-                    "checkout",
-                    &[&intent, &self.bucket(self.config.idempotency_window)],
-                )
-            }
-        };
+        // The whole request is the intent: the same user asking for the same thing within
+        // the bucket gets the same session; anything different (another price, new URLs
+        // after a deploy) is a new request, never Stripe's "same key, other parameters".
+        let intent = serde_json::to_string(&params).unwrap_or_default();
+        let key = key_for(
+            "checkout",
+            user.id,
+            idempotency_key,
+            &[&intent, &self.bucket(self.config.idempotency_window)],
+        );
         let session = self.stripe.create_checkout_session(&params, &key).await?;
         let url = session.url.ok_or_else(|| {
             AccountError::StripeUnavailable(format!("checkout session {} has no url", session.id))
@@ -779,6 +770,20 @@ struct Current {
     price_id: Option<String>,
     cancel_at_period_end: bool,
     object: serde_json::Value,
+}
+
+/// The `Idempotency-Key` of an operation: the caller's own key (namespaced by user, so
+/// two users' keys never meet), else one derived from the intent.
+fn key_for(
+    operation: &str,
+    user_id: &str,
+    caller: Option<&str>,
+    intent: &[&str],
+) -> IdempotencyKey {
+    match caller {
+        Some(caller) => IdempotencyKey::derive(operation, &[user_id, "caller", caller]),
+        None => IdempotencyKey::derive(operation, intent),
+    }
 }
 
 fn validate(user: User<'_>) -> Result<(), AccountError> {

@@ -251,16 +251,31 @@ impl std::fmt::Debug for Reconciler {
     }
 }
 
-/// A transiently failing event, with its last error.
-type Deferred = (serde_json::Value, String);
+/// A transiently failing event, to try again after the walk.
+type Deferred = serde_json::Value;
 
 /// What became of one event.
 enum Fate {
     Applied,
     Known,
     LeftDeadLettered,
-    Deferred(String),
+    Deferred,
     DeadLettered,
+}
+
+impl Counts {
+    /// Counts `event`'s fate, keeping it in `deferred` when it is to be tried again.
+    fn tally(&mut self, event: &serde_json::Value, fate: Fate, deferred: &mut Vec<Deferred>) {
+        match fate {
+            Fate::Applied => self.applied += 1,
+            Fate::Known => self.known += 1,
+            Fate::LeftDeadLettered => self.left_dead_lettered += 1,
+            Fate::DeadLettered => self
+                .dead_lettered
+                .push(event["id"].as_str().unwrap_or("?").to_string()),
+            Fate::Deferred => deferred.push(event.clone()),
+        }
+    }
 }
 
 impl Reconciler {
@@ -556,15 +571,7 @@ impl Reconciler {
                 Some(_) => Fate::Known,
                 None => self.apply_one(event, true).await?,
             };
-            match fate {
-                Fate::Applied => counts.applied += 1,
-                Fate::Known => counts.known += 1,
-                Fate::LeftDeadLettered => counts.left_dead_lettered += 1,
-                Fate::DeadLettered => counts
-                    .dead_lettered
-                    .push(event["id"].as_str().unwrap_or("?").to_string()),
-                Fate::Deferred(error) => deferred.push((event.clone(), error)),
-            }
+            counts.tally(event, fate, deferred);
         }
         Ok(())
     }
@@ -601,7 +608,11 @@ impl Reconciler {
         match result {
             Ok(Outcome::Applied(_)) => Ok(Fate::Applied),
             Ok(Outcome::Duplicate) => Ok(Fate::Known),
-            Err(ProcessError::Transient(error)) if may_defer => Ok(Fate::Deferred(error)),
+            Err(ProcessError::Transient(error)) if may_defer => {
+                tracing::info!(event_id = decoded.envelope.id, %error,
+                               "event failed transiently; trying again after the walk");
+                Ok(Fate::Deferred)
+            }
             Err(error) => {
                 tracing::error!(event_id = decoded.envelope.id, %error,
                                 "reconciliation could not apply an event; dead-lettering it");
@@ -626,16 +637,9 @@ impl Reconciler {
             tokio::time::sleep(self.retry_pause * round).await;
             let last_round = round == self.retry_rounds.max(1);
             let mut still = Vec::new();
-            for (event, _) in pending {
-                match self.apply_one(&event, !last_round).await? {
-                    Fate::Applied => counts.applied += 1,
-                    Fate::Known => counts.known += 1,
-                    Fate::LeftDeadLettered => counts.left_dead_lettered += 1,
-                    Fate::DeadLettered => counts
-                        .dead_lettered
-                        .push(event["id"].as_str().unwrap_or("?").to_string()),
-                    Fate::Deferred(error) => still.push((event, error)),
-                }
+            for event in pending {
+                let fate = self.apply_one(&event, !last_round).await?;
+                counts.tally(&event, fate, &mut still);
             }
             pending = still;
         }
