@@ -306,32 +306,16 @@ impl Consumer {
             error!(error = %e, "could not dead-letter; requeueing");
             return Settle::Requeue;
         }
-        let recorded = async {
-            sqlx::query(
-                "INSERT INTO dead_letters (event_id, event_type, routing_key, payload, error, attempts)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(event.map(|e| e.envelope.id.as_str()))
-            .bind(event.map(|e| e.envelope.event_type.as_str()))
-            .bind(delivery.routing_key.as_str())
-            .bind(&delivery.data)
-            .bind(&reason)
-            .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-            .execute(&self.pool)
-            .await?;
-            if let Some(event) = event {
-                crate::ledger::record_failure(
-                    &self.pool,
-                    &event.envelope,
-                    &event.payload,
-                    attempt,
-                    &reason,
-                    true,
-                )
-                .await?;
-            }
-            Ok::<_, sqlx::Error>(())
-        };
+        let recorded = crate::ledger::record_dead_letter(
+            &self.pool,
+            crate::ledger::DeadLetter {
+                event: event.map(|e| (&e.envelope, &e.payload)),
+                routing_key: delivery.routing_key.as_str(),
+                body: &delivery.data,
+                error: &reason,
+                attempts: attempt,
+            },
+        );
         if let Err(e) = tokio::time::timeout(Duration::from_secs(5), recorded)
             .await
             .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))

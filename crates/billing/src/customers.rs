@@ -72,15 +72,36 @@ pub async fn link_user(
     Ok(())
 }
 
+/// How a Stripe event reached billing: the audit log's `trigger_source` for the access
+/// changes it causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Delivered by Stripe to ingest, through the broker.
+    Webhook,
+    /// Fetched from Stripe by `tollgate reconcile` (events it missed) or `tollgate backfill`
+    /// (a snapshot of a listed object).
+    Reconciliation,
+}
+
+impl Source {
+    pub fn trigger_source(self) -> &'static str {
+        match self {
+            Self::Webhook => "stripe_webhook",
+            Self::Reconciliation => "reconciliation",
+        }
+    }
+}
+
 /// `recompute_access` for a change a Stripe event made.
 pub async fn recompute_after_event(
     tx: &mut Tx,
     plans: &Plans,
     customer_id: uuid::Uuid,
     envelope: &tollgate_events::EventEnvelope,
+    source: Source,
 ) -> Result<(), ProcessError> {
     let trigger = Trigger {
-        source: "stripe_webhook",
+        source: source.trigger_source(),
         stripe_event_id: Some(&envelope.id),
     };
     recompute_access(tx, plans, customer_id, trigger).await

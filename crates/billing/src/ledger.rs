@@ -121,3 +121,36 @@ pub async fn record_failure(
     .await?;
     Ok(())
 }
+
+/// A message billing gave up on, for an operator (`tollgate dead-letters`): a
+/// `dead_letters` row with the exact bytes to replay, and the event's ledger row (when
+/// the body was an event) marked `dead_lettered`.
+pub struct DeadLetter<'a> {
+    /// The event, when the body decoded as one.
+    pub event: Option<(&'a EventEnvelope, &'a serde_json::Value)>,
+    /// Where it came from: the AMQP routing key (the event type), or how it was fetched.
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub error: &'a str,
+    pub attempts: u32,
+}
+
+/// Records `letter` (see [`DeadLetter`]).
+pub async fn record_dead_letter(pool: &PgPool, letter: DeadLetter<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (event_id, event_type, routing_key, payload, error, attempts)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(letter.event.map(|(e, _)| e.id.as_str()))
+    .bind(letter.event.map(|(e, _)| e.event_type.as_str()))
+    .bind(letter.routing_key)
+    .bind(letter.body)
+    .bind(letter.error)
+    .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
+    .execute(pool)
+    .await?;
+    if let Some((envelope, payload)) = letter.event {
+        record_failure(pool, envelope, payload, letter.attempts, letter.error, true).await?;
+    }
+    Ok(())
+}

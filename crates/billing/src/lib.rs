@@ -6,9 +6,13 @@
 //! transient failures, dead-lettering with the error for poison messages, and
 //! the checkout and subscription handlers with the ordering gate and derived
 //! access, the Stripe refetch that settles ambiguous same-second ties
-//! (docs/billing-state.md), the entitlement-change outbox, and payment
-//! emails sent over SMTP from an outbox of their own.
+//! (docs/billing-state.md), the entitlement-change outbox, payment emails sent
+//! over SMTP from an outbox of their own; the customer-facing Stripe operations
+//! (checkout, portal, plan changes: `account`) and the repair of state from
+//! Stripe's API (`reconcile`).
 
+pub mod account;
+pub mod checkout_limit;
 pub mod config;
 pub mod consumer;
 pub mod customers;
@@ -19,6 +23,7 @@ pub mod http;
 pub mod ledger;
 pub mod outbox;
 pub mod process;
+pub mod reconcile;
 pub mod refetch;
 pub mod retention;
 pub mod startup;

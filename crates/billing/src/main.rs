@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(?config, "starting billing");
             Application::build(config).await?.run_until_signal().await
         }
-        // `billing retention`: drop old payloads once and exit (a CronJob).
+        // `billing retention`: drop old payloads and checkout attempts once and exit (a CronJob).
         Some("retention") => {
             let days = u64::from(config.payload_retention_days.max(1));
             let pool = db::pool(&config.database_url, 1)?;
@@ -37,6 +37,8 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             tracing::info!(cleared, days, "old event payloads dropped");
+            let forgotten = tollgate_billing::retention::drop_old_checkout_attempts(&pool).await?;
+            tracing::info!(forgotten, "old checkout attempts forgotten");
             Ok(())
         }
         Some(other) => anyhow::bail!("unknown command `{other}` (commands: migrate, retention)"),

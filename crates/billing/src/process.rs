@@ -8,6 +8,7 @@ use tollgate_plans::Plans;
 use tollgate_stripe::{Fallback, Fetched, Refetcher};
 use tracing::Instrument;
 
+use crate::customers::Source;
 use crate::ledger::{self, Applied, Claim};
 use crate::refetch::{Handled, Refetch};
 
@@ -101,6 +102,20 @@ pub async fn apply(
     event: &Decoded,
     attempt: u32,
 ) -> Result<Outcome, ProcessError> {
+    apply_from(pool, plans, refetcher, event, attempt, Source::Webhook).await
+}
+
+/// [`apply`] for an event that reached billing another way than its webhook
+/// (`Source::Reconciliation`: fetched by `tollgate reconcile` or made by `tollgate
+/// backfill`): the same ledger, handlers and gate; only the audit's trigger differs.
+pub async fn apply_from(
+    pool: &PgPool,
+    plans: &Plans,
+    refetcher: &Refetcher,
+    event: &Decoded,
+    attempt: u32,
+    source: Source,
+) -> Result<Outcome, ProcessError> {
     let mut fetched: Option<Result<Arc<Fetched>, Fallback>> = None;
     // Two runs at most: the second has the refetch's result and never asks again.
     for _ in 0..2 {
@@ -118,9 +133,15 @@ pub async fn apply(
                 .increment(1);
             return Ok(Outcome::Duplicate);
         }
-        let handled =
-            crate::handlers::apply(&mut tx, plans, refetch, &event.envelope, &event.payload)
-                .await?;
+        let handled = crate::handlers::apply(
+            &mut tx,
+            plans,
+            refetch,
+            &event.envelope,
+            &event.payload,
+            source,
+        )
+        .await?;
         let applied = match handled {
             Handled::Applied(applied) => applied,
             Handled::Refetch(ambiguity) => {
@@ -218,8 +239,15 @@ async fn apply_in(
     } else {
         Refetch::Off
     };
-    let handled =
-        crate::handlers::apply(tx, plans, refetch, &event.envelope, &event.payload).await?;
+    let handled = crate::handlers::apply(
+        tx,
+        plans,
+        refetch,
+        &event.envelope,
+        &event.payload,
+        Source::Webhook,
+    )
+    .await?;
     let applied = match handled {
         Handled::Applied(applied) => applied,
         Handled::Refetch(_) => {

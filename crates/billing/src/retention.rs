@@ -1,6 +1,8 @@
 //! Raw payload retention: after the configured age a `stripe_events` row keeps
 //! its summary (id, type, times, status, attempts, error) and loses the body,
 //! which may hold personal data and is no longer needed to apply or audit it.
+//! The same hourly task forgets checkout attempts older than an hour (the checkout
+//! limit's window is far shorter).
 
 use std::time::Duration;
 
@@ -36,13 +38,32 @@ pub async fn drop_old_payloads(pool: &PgPool, older_than: Duration) -> Result<u6
     }
 }
 
-/// Runs `drop_old_payloads` every hour until `stop`.
-pub async fn run(pool: PgPool, older_than: Duration, mut stop: watch::Receiver<bool>) {
+/// Checkout attempts are kept this long (any checkout limit's window is shorter).
+pub const CHECKOUT_ATTEMPTS_KEPT: Duration = Duration::from_secs(3600);
+
+/// Deletes checkout attempts older than [`CHECKOUT_ATTEMPTS_KEPT`]; returns how many.
+pub async fn drop_old_checkout_attempts(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let kept = chrono::Duration::from_std(CHECKOUT_ATTEMPTS_KEPT).unwrap_or(chrono::Duration::MAX);
+    crate::checkout_limit::purge(pool, chrono::Utc::now() - kept).await
+}
+
+/// Every hour until `stop`: `drop_old_payloads` (unless `payloads_older_than` is `None`:
+/// payloads kept forever) and `drop_old_checkout_attempts`.
+pub async fn run(
+    pool: PgPool,
+    payloads_older_than: Option<Duration>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        match drop_old_payloads(&pool, older_than).await {
-            Ok(0) => {}
-            Ok(cleared) => info!(cleared, "old event payloads dropped"),
-            Err(e) => warn!(error = %e, "payload retention failed; next run in an hour"),
+        if let Some(older_than) = payloads_older_than {
+            match drop_old_payloads(&pool, older_than).await {
+                Ok(0) => {}
+                Ok(cleared) => info!(cleared, "old event payloads dropped"),
+                Err(e) => warn!(error = %e, "payload retention failed; next run in an hour"),
+            }
+        }
+        if let Err(e) = drop_old_checkout_attempts(&pool).await {
+            warn!(error = %e, "forgetting old checkout attempts failed; next run in an hour");
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(3600)) => {}

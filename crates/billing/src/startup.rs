@@ -74,10 +74,13 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
-        let retention = (config.payload_retention_days > 0).then(|| {
-            let age = Duration::from_secs(u64::from(config.payload_retention_days) * 86_400);
-            tokio::spawn(crate::retention::run(pool.clone(), age, stop_rx.clone()))
-        });
+        let payload_age = (config.payload_retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(config.payload_retention_days) * 86_400));
+        let retention = Some(tokio::spawn(crate::retention::run(
+            pool.clone(),
+            payload_age,
+            stop_rx.clone(),
+        )));
         let emails = match &config.email.smtp {
             Some(smtp) => {
                 tracing::info!(smtp = ?smtp, "payment emails are sent over SMTP");

@@ -61,6 +61,41 @@ pub struct Price {
     pub tier: String,
     /// Plan name shown to people ("Pro monthly").
     pub plan: String,
+    /// What a checkout asks for (`pro_monthly`): only prices with a key are sold through
+    /// Tollgate's checkout; the others still map to their tier (older or hand-made prices).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// A credit pack as the plans file writes it (`[[credit_packs]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditPackEntry {
+    credits: u64,
+    #[serde(default)]
+    price: Option<String>,
+    #[serde(default)]
+    amount: Option<u64>,
+    #[serde(default)]
+    currency: Option<String>,
+}
+
+/// A credit pack sold through a payment-mode checkout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditPack {
+    /// Credits bought; also what a checkout asks for (`500`).
+    pub credits: u64,
+    pub price: PackPrice,
+}
+
+/// How a credit pack is priced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackPrice {
+    /// A Stripe price id (`price = "price_..."`).
+    Stripe(String),
+    /// `amount` in minor units (500 is 5.00) of `currency` (ISO 4217, lower case), sent
+    /// to Stripe as inline `price_data`.
+    Amount { amount: u64, currency: String },
 }
 
 /// Access rules that are not about tiers.
@@ -83,6 +118,8 @@ struct PlansFile {
     tiers: BTreeMap<String, Tier>,
     #[serde(default)]
     prices: Vec<Price>,
+    #[serde(default)]
+    credit_packs: Vec<CreditPackEntry>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -103,6 +140,10 @@ pub enum PlansError {
     UnknownPriceTier { price: String, tier: String },
     #[error("price `{0}` is listed twice")]
     DuplicatePrice(String),
+    #[error("price key `{0}` is used twice or is not lower-case letters, digits and underscores")]
+    BadPriceKey(String),
+    #[error("credit pack of {credits}: {reason}")]
+    BadCreditPack { credits: u64, reason: &'static str },
 }
 
 /// A validated plans file, with each tier's inherited features resolved.
@@ -114,6 +155,9 @@ pub struct Plans {
     tiers: BTreeMap<String, Tier>,
     resolved: BTreeMap<String, ResolvedTier>,
     prices: BTreeMap<String, Price>,
+    /// Price key → price id.
+    keys: BTreeMap<String, String>,
+    credit_packs: Vec<CreditPack>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +206,18 @@ impl Plans {
             resolve(name, &file.tiers, &mut resolved, &mut Vec::new())?;
         }
         let mut prices = BTreeMap::new();
+        let mut keys = BTreeMap::new();
         for price in file.prices {
+            if let Some(key) = &price.key {
+                let slug = !key.is_empty()
+                    && key.len() <= 64
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !slug || keys.insert(key.clone(), price.id.clone()).is_some() {
+                    return Err(PlansError::BadPriceKey(key.clone()));
+                }
+            }
             if !file.tiers.contains_key(&price.tier) {
                 return Err(PlansError::UnknownPriceTier {
                     price: price.id,
@@ -174,6 +229,37 @@ impl Plans {
             }
             prices.insert(price.id.clone(), price);
         }
+        let mut credit_packs: Vec<CreditPack> = Vec::new();
+        for entry in file.credit_packs {
+            let bad = |reason| PlansError::BadCreditPack {
+                credits: entry.credits,
+                reason,
+            };
+            if entry.credits == 0 {
+                return Err(bad("credits must be at least 1"));
+            }
+            if credit_packs.iter().any(|p| p.credits == entry.credits) {
+                return Err(bad("listed twice"));
+            }
+            let price = match (entry.price, entry.amount, entry.currency) {
+                (Some(price), None, None) if !price.is_empty() => PackPrice::Stripe(price),
+                (None, Some(amount), Some(currency)) => {
+                    if amount == 0 {
+                        return Err(bad("amount must be at least 1 (minor units)"));
+                    }
+                    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_lowercase()) {
+                        return Err(bad("currency must be three lower-case letters (usd)"));
+                    }
+                    PackPrice::Amount { amount, currency }
+                }
+                _ => return Err(bad("needs either `price`, or `amount` and `currency`")),
+            };
+            credit_packs.push(CreditPack {
+                credits: entry.credits,
+                price,
+            });
+        }
+        credit_packs.sort_by_key(|p| p.credits);
         Ok(Self {
             default_tier: file.default_tier,
             policy: file.policy,
@@ -181,7 +267,29 @@ impl Plans {
             tiers: file.tiers,
             resolved,
             prices,
+            keys,
+            credit_packs,
         })
+    }
+
+    /// The price a checkout for plan `key` (`pro_monthly`) sells.
+    pub fn price_by_key(&self, key: &str) -> Option<&Price> {
+        self.keys.get(key).and_then(|id| self.prices.get(id))
+    }
+
+    /// Every price a checkout can sell (those with a key), by key.
+    pub fn prices_for_sale(&self) -> impl Iterator<Item = &Price> {
+        self.keys.values().filter_map(|id| self.prices.get(id))
+    }
+
+    /// The credit pack of `credits` credits.
+    pub fn credit_pack(&self, credits: u64) -> Option<&CreditPack> {
+        self.credit_packs.iter().find(|p| p.credits == credits)
+    }
+
+    /// Every credit pack, smallest first.
+    pub fn credit_packs(&self) -> &[CreditPack] {
+        &self.credit_packs
     }
 
     pub fn policy(&self) -> Policy {
@@ -284,6 +392,28 @@ mod tests {
             .map(|t| plans.tier(t).unwrap().rank)
             .collect();
         assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
+        assert_eq!(
+            plans
+                .price_by_key("pro_plus_monthly")
+                .map(|p| p.id.as_str()),
+            Some("price_pro_plus_monthly")
+        );
+        assert_eq!(
+            plans.price_by_key("price_pro_monthly"),
+            None,
+            "keys, not ids"
+        );
+        assert_eq!(plans.prices_for_sale().count(), 4);
+        let packs: Vec<u64> = plans.credit_packs().iter().map(|p| p.credits).collect();
+        assert_eq!(packs, [500, 1000, 5000, 10000]);
+        assert_eq!(
+            plans.credit_pack(1000).map(|p| &p.price),
+            Some(&PackPrice::Amount {
+                amount: 900,
+                currency: "usd".into()
+            })
+        );
+        assert!(plans.credit_pack(750).is_none());
         let free_calls = plans.resolved("free").unwrap().quotas["api.calls"];
         let pro_calls = plans.resolved("pro").unwrap().quotas["api.calls"];
         assert!(
@@ -352,6 +482,48 @@ mod tests {
                     "{base}\n[[prices]]\nid = \"p\"\ntier = \"free\"\nplan = \"A\"\n[[prices]]\nid = \"p\"\ntier = \"free\"\nplan = \"B\""
                 ),
                 PlansError::DuplicatePrice("p".into()),
+            ),
+            (
+                format!(
+                    "{base}\n[[prices]]\nid = \"p\"\ntier = \"free\"\nplan = \"A\"\nkey = \"k\"\n[[prices]]\nid = \"q\"\ntier = \"free\"\nplan = \"B\"\nkey = \"k\""
+                ),
+                PlansError::BadPriceKey("k".into()),
+            ),
+            (
+                format!(
+                    "{base}\n[[prices]]\nid = \"p\"\ntier = \"free\"\nplan = \"A\"\nkey = \"Pro Monthly\""
+                ),
+                PlansError::BadPriceKey("Pro Monthly".into()),
+            ),
+            (
+                format!("{base}\n[[credit_packs]]\ncredits = 5\namount = 100"),
+                PlansError::BadCreditPack {
+                    credits: 5,
+                    reason: "needs either `price`, or `amount` and `currency`",
+                },
+            ),
+            (
+                format!("{base}\n[[credit_packs]]\ncredits = 5\nprice = \"price_5\"\namount = 100"),
+                PlansError::BadCreditPack {
+                    credits: 5,
+                    reason: "needs either `price`, or `amount` and `currency`",
+                },
+            ),
+            (
+                format!("{base}\n[[credit_packs]]\ncredits = 5\namount = 100\ncurrency = \"USD\""),
+                PlansError::BadCreditPack {
+                    credits: 5,
+                    reason: "currency must be three lower-case letters (usd)",
+                },
+            ),
+            (
+                format!(
+                    "{base}\n[[credit_packs]]\ncredits = 5\nprice = \"a\"\n[[credit_packs]]\ncredits = 5\nprice = \"b\""
+                ),
+                PlansError::BadCreditPack {
+                    credits: 5,
+                    reason: "listed twice",
+                },
             ),
         ];
         for (text, expected) in cases {

@@ -11,9 +11,10 @@
 use std::time::Duration;
 
 use stripe::{Client, ClientBuilder, StripeError};
-use stripe_client_core::{RequestBuilder, StripeMethod};
+use stripe_client_core::{RequestBuilder, RequestStrategy, StripeMethod};
 
 use crate::config::{SecretKey, StripeConfig};
+use crate::operations::IdempotencyKey;
 
 /// The Stripe API version every request is made with (`Stripe-Version`): the one this
 /// async-stripe release is generated from.
@@ -60,8 +61,47 @@ pub enum StripeApiError {
     RateLimited,
     #[error("Stripe did not answer within {0:?}")]
     Timeout(Duration),
+    /// Stripe refused the request (a 4xx other than 404 and 429) and said why: retrying
+    /// the same request gives the same answer.
+    #[error("Stripe refused the request: {0}")]
+    Rejected(Rejection),
+    /// A 5xx, a connection failure, or an answer that is not Stripe's: may pass later.
     #[error("{0}")]
     Other(String),
+}
+
+impl StripeApiError {
+    /// Whether the same request may succeed later (429, timeout, 5xx, connection).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::RateLimited | Self::Timeout(_) | Self::Other(_))
+    }
+}
+
+/// Stripe's reason for refusing a request (its `error` object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// `invalid_request_error`, `card_error`, `idempotency_error`, `api_error`.
+    pub error_type: String,
+    /// `resource_missing`, `parameter_missing`, `card_declined`, ...
+    pub code: Option<String>,
+    /// The parameter at fault (`customer`, `line_items[0][price]`).
+    pub param: Option<String>,
+    /// Stripe's message, meant for developers (it may name ids; never the key).
+    pub message: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.error_type)?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if let Some(param) = &self.param {
+            write!(f, " ({param})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
 }
 
 /// A Stripe API client. Cheap to clone (the connection pool and headers are shared).
@@ -136,11 +176,34 @@ impl StripeClient {
     }
 
     /// Sends one request and returns the response body as JSON (the building block for
-    /// every call; POSTs pass a form and, through `customize`, an idempotency strategy).
+    /// every GET and DELETE; POSTs go through [`StripeClient::send_idempotent`]).
     pub async fn send(&self, request: RequestBuilder) -> Result<serde_json::Value, StripeApiError> {
+        self.send_with(request, RequestStrategy::Once).await
+    }
+
+    /// Sends one request with an `Idempotency-Key` header: Stripe answers a repeat of the
+    /// same key (within 24 hours) with the first answer instead of acting twice.
+    pub async fn send_idempotent(
+        &self,
+        request: RequestBuilder,
+        key: &IdempotencyKey,
+    ) -> Result<serde_json::Value, StripeApiError> {
+        let key = stripe_client_core::IdempotencyKey::new(key.as_str())
+            .map_err(|e| StripeApiError::Other(format!("idempotency key: {e}")))?;
+        self.send_with(request, RequestStrategy::Idempotent(key))
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        request: RequestBuilder,
+        strategy: RequestStrategy,
+    ) -> Result<serde_json::Value, StripeApiError> {
         let path = format!("/v1{}", request.path);
         let value: miniserde::json::Value = request
             .customize()
+            // One attempt: callers decide whether and when to try again.
+            .request_strategy(strategy)
             .send(&self.inner)
             .await
             .map_err(|e| self.classify(e, path))?;
@@ -154,6 +217,15 @@ impl StripeClient {
         match error {
             StripeError::Stripe(_, 429) => StripeApiError::RateLimited,
             StripeError::Stripe(_, 404) => StripeApiError::NotFound(path),
+            StripeError::Stripe(error, status) if (400..500).contains(&status) => {
+                StripeApiError::Rejected(Rejection {
+                    status,
+                    error_type: error.type_.as_str().to_string(),
+                    code: error.code.as_ref().map(|c| c.as_str().to_string()),
+                    param: error.param.clone(),
+                    message: error.message.clone().unwrap_or_default(),
+                })
+            }
             StripeError::Stripe(error, status) => {
                 let code = error.code.as_ref().map_or("", |c| c.as_str());
                 let message = error.message.as_deref().unwrap_or("");
@@ -177,7 +249,7 @@ impl StripeClient {
 
 /// Stripe ids are ASCII letters, digits and underscores (`sub_1Pgc6r...`); anything else
 /// never reaches a URL path.
-fn is_object_id(id: &str) -> bool {
+pub(crate) fn is_object_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 

@@ -216,7 +216,7 @@ impl Refetcher {
                     StripeApiError::NotFound(_) => Fallback::NotFound,
                     StripeApiError::RateLimited => Fallback::RateLimited,
                     StripeApiError::Timeout(_) => Fallback::Timeout,
-                    StripeApiError::Other(_) => Fallback::Failed,
+                    StripeApiError::Rejected(_) | StripeApiError::Other(_) => Fallback::Failed,
                 })
             }
         }

@@ -2,7 +2,9 @@
 //!
 //! `tollgate trigger <event type>` is our local `stripe trigger`: it takes a real
 //! Stripe payload of that type, gives it a fresh id and timestamp, signs it the
-//! way Stripe does, and POSTs it to a running ingest.
+//! way Stripe does, and POSTs it to a running ingest. `dead-letters` reviews and
+//! replays events billing gave up on; `reconcile` and `backfill` repair billing state
+//! from Stripe's API (docs/operations.md).
 
 mod fixtures;
 mod trigger;
@@ -21,7 +23,15 @@ usage:
       URL defaults to $INGEST_URL, else http://127.0.0.1:8080/webhook.
       The secret is the first of $STRIPE_WEBHOOK_SECRET.
   tollgate trigger --list
-      The event types with a sample payload.";
+      The event types with a sample payload.
+  tollgate reconcile
+      Apply the Stripe events webhooks missed, from the stored cursor (DATABASE_URL,
+      STRIPE_SECRET_KEY; STRIPE_API_BASE, TOLLGATE_PLANS). Stripe keeps events for 30 days.
+  tollgate backfill
+      Re-list every Stripe customer and subscription (all statuses) and repair billing
+      state from them (same variables).
+  Exit status: 0 done, 1 failed, 2 done but needs attention (events lost past Stripe's
+  30 days, or new dead letters).";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -29,6 +39,8 @@ async fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("trigger") => trigger::run(&args[1..]).await,
         Some("dead-letters") => dead_letters_command(&args[1..]).await,
+        Some("reconcile") => return repair_command(Repair::Reconcile).await,
+        Some("backfill") => return repair_command(Repair::Backfill).await,
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -37,6 +49,45 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tollgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Repair {
+    Reconcile,
+    Backfill,
+}
+
+/// `tollgate reconcile` / `tollgate backfill`: the report on stdout, warnings and
+/// progress on stderr.
+async fn repair_command(which: Repair) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+    let env = tollgate_runtime::Env::process();
+    let attention = match which {
+        Repair::Reconcile => tollgate::reconcile::reconcile(&env).await.map(|report| {
+            print!("{report}");
+            report.events_may_be_lost() || !report.counts().dead_lettered.is_empty()
+        }),
+        Repair::Backfill => tollgate::reconcile::backfill(&env).await.map(|report| {
+            print!("{report}");
+            !report.customers.counts.dead_lettered.is_empty()
+                || !report.subscriptions.counts.dead_lettered.is_empty()
+        }),
+    };
+    match attention {
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => {
+            eprintln!("tollgate: done, but see the warnings above");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("tollgate: {error:#}");
             ExitCode::FAILURE

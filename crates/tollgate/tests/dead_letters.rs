@@ -82,6 +82,17 @@ async fn a_poison_event_is_replayed_once_its_cause_is_fixed() {
     // The customer belongs to user_b; a checkout claiming it for user_a is refused
     // (relinking would hand user_b's subscription to someone else).
     publish("evt_first", checkout("evt_first", "cus_dl", "user_b")).await;
+    // One after the other: published together, either could be applied first.
+    until("the first checkout is applied", async || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM stripe_events WHERE id = 'evt_first' AND status = 'processed'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
     publish("evt_second", checkout("evt_second", "cus_dl", "user_a")).await;
     until("the refused checkout is dead-lettered", async || {
         dead_letters::list(&pool, false).await.unwrap().len() == 1

@@ -4,7 +4,7 @@ use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 
 use super::subscriptions::PROVISIONAL_RANK;
-use crate::customers::{self, Tx};
+use crate::customers::{self, Source, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::stripe::{self, CheckoutSession};
@@ -18,6 +18,7 @@ pub async fn completed(
     plans: &Plans,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    source: Source,
 ) -> Result<Applied, ProcessError> {
     let session: CheckoutSession = stripe::object(payload)?;
     match session.mode.as_deref() {
@@ -58,6 +59,6 @@ pub async fn completed(
         .execute(&mut **tx)
         .await?;
     }
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope, source).await?;
     Ok(Applied::Processed)
 }

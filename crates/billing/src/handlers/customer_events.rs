@@ -5,7 +5,7 @@ use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 
 use super::lifecycle_rank;
-use crate::customers::{self, Tx};
+use crate::customers::{self, Source, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::stripe::{self, Customer, EntitlementSummary};
@@ -15,6 +15,7 @@ pub async fn customer(
     plans: &Plans,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    source: Source,
 ) -> Result<Applied, ProcessError> {
     let customer: Customer = stripe::object(payload)?;
     let customer_id = customers::lock_or_create(tx, &customer.id).await?;
@@ -51,7 +52,7 @@ pub async fn customer(
     .bind(&envelope.id)
     .execute(&mut **tx)
     .await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope, source).await?;
     Ok(Applied::Processed)
 }
 

@@ -6,7 +6,7 @@
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
 
-use crate::customers::{self, Tx};
+use crate::customers::{self, Source, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
 use crate::stripe::{self, Dispute};
@@ -24,6 +24,7 @@ pub async fn snapshot(
     plans: &Plans,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    source: Source,
 ) -> Result<Applied, ProcessError> {
     let dispute: Dispute = stripe::object(payload)?;
     let payment_intent = dispute.payment_intent.as_ref().map(|p| p.id());
@@ -72,6 +73,6 @@ pub async fn snapshot(
     .bind(&envelope.id)
     .execute(&mut **tx)
     .await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope, source).await?;
     Ok(Applied::Processed)
 }

@@ -8,7 +8,7 @@ use tollgate_plans::Plans;
 use tollgate_stripe::ObjectKind;
 use tracing::debug;
 
-use crate::customers::{self, Tx};
+use crate::customers::{self, Source, Tx};
 use crate::emails::{self, EmailData, Kind, NewEmail};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
@@ -105,6 +105,7 @@ pub async fn snapshot(
     refetch: Refetch<'_>,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    source: Source,
 ) -> Result<Handled, ProcessError> {
     let invoice: Invoice = stripe::object(payload)?;
     let row = InvoiceRow::new(&invoice)?;
@@ -144,7 +145,7 @@ pub async fn snapshot(
     };
     write(tx, &invoice.id, &write_row, &key).await?;
     sync_transaction(tx, customer_id, &invoice.id).await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope, source).await?;
     queue_email(tx, envelope, &invoice, customer_id).await?;
     Ok(Applied::Processed.into())
 }

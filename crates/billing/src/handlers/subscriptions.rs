@@ -6,7 +6,7 @@ use tollgate_plans::Plans;
 use tollgate_stripe::ObjectKind;
 use tracing::debug;
 
-use crate::customers::{self, Tx};
+use crate::customers::{self, Source, Tx};
 use crate::emails::{self, EmailData, Kind, NewEmail};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
@@ -108,6 +108,7 @@ pub async fn snapshot(
     refetch: Refetch<'_>,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    source: Source,
 ) -> Result<Handled, ProcessError> {
     let subscription: Subscription = stripe::object(payload)?;
     let customer_id = customers::lock_or_create(tx, subscription.customer.id()).await?;
@@ -158,7 +159,7 @@ pub async fn snapshot(
         tier: &event_tier,
     };
     record_change(tx, plans, &stored).await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope).await?;
+    customers::recompute_after_event(tx, plans, customer_id, envelope, source).await?;
     queue_email(tx, plans, &stored).await?;
     Ok(Applied::Processed.into())
 }
