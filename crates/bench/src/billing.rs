@@ -13,11 +13,14 @@ use tollgate_broker::{Publisher, PublisherConfig};
 use tollgate_events::topology::EVENTS_EXCHANGE;
 use tollgate_test_support::{TestDatabase, TestVhost};
 
+use crate::stats::median;
+
 pub struct Options {
     events: usize,
     customers: usize,
     pgbench_clients: u32,
     pgbench_seconds: u32,
+    rounds: usize,
     billing_bin: Option<PathBuf>,
 }
 
@@ -28,6 +31,7 @@ impl Options {
             customers: 2_000,
             pgbench_clients: 8,
             pgbench_seconds: 10,
+            rounds: 3,
             billing_bin: None,
         };
         while let Some(flag) = args.next() {
@@ -39,9 +43,13 @@ impl Options {
                 "--customers" => options.customers = value.parse()?,
                 "--pgbench-clients" => options.pgbench_clients = value.parse()?,
                 "--pgbench-seconds" => options.pgbench_seconds = value.parse()?,
+                "--rounds" => options.rounds = value.parse()?,
                 "--billing-bin" => options.billing_bin = Some(value.into()),
                 other => bail!("unknown flag {other}"),
             }
+        }
+        if options.rounds == 0 {
+            bail!("--rounds must be at least 1");
         }
         if options.customers == 0 || options.events < options.customers {
             bail!("--events must be at least --customers (> 0)");
@@ -108,7 +116,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     };
     let pool = database.pool().await;
 
-    // 1. Queue every event while no billing runs (the first run only migrates).
+    // The schema, from `billing migrate`.
     let status = tokio::process::Command::new(&billing_bin)
         .arg("migrate")
         .env("DATABASE_URL", database.url())
@@ -130,60 +138,81 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if !publisher.wait_ready(Duration::from_secs(10)).await {
         bail!("broker not reachable");
     }
-    let mut publishing = tokio::task::JoinSet::new();
-    for worker in 0..16 {
-        let publisher = publisher.clone();
-        let (events, customers) = (options.events, options.customers);
-        publishing.spawn(async move {
-            for n in (worker..events).step_by(16) {
-                let (id, body) = event(n, customers);
-                let properties = BasicProperties::default()
-                    .with_message_id(id.into())
-                    .with_type("customer.subscription.updated".into())
-                    .with_delivery_mode(2);
-                publisher
-                    .publish(
-                        EVENTS_EXCHANGE,
-                        "customer.subscription.updated",
-                        &body,
-                        properties,
-                    )
-                    .await?;
-            }
-            Ok::<_, tollgate_broker::PublishError>(())
-        });
-    }
-    while let Some(result) = publishing.join_next().await {
-        result??;
-    }
+    pgbench_setup(&pool, &options).await?;
     println!(
-        "billing benchmark: {} customer.subscription.updated events for {} customers, {} CPU core(s)",
+        "billing benchmark: {} rounds of {} customer.subscription.updated events for {} customers, \
+         each beside {} s of pgbench; {} CPU core(s)",
+        options.rounds,
         options.events,
         options.customers,
+        options.pgbench_seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    println!();
+    println!("| round | billing (events/s) | pgbench (tx/s) | ratio |");
+    println!("|---:|---:|---:|---:|");
+    // Rounds alternate the two sides, so a change in the machine's load affects both.
+    let (mut billing_rates, mut pgbench_rates) = (Vec::new(), Vec::new());
+    for round in 0..options.rounds {
+        // 1. Queue this round's events while no billing runs.
+        let first = round * options.events;
+        let mut publishing = tokio::task::JoinSet::new();
+        for worker in 0..16 {
+            let publisher = publisher.clone();
+            let (events, customers) = (options.events, options.customers);
+            publishing.spawn(async move {
+                for n in (first + worker..first + events).step_by(16) {
+                    let (id, body) = event(n, customers);
+                    let properties = BasicProperties::default()
+                        .with_message_id(id.into())
+                        .with_type("customer.subscription.updated".into())
+                        .with_delivery_mode(2);
+                    publisher
+                        .publish(
+                            EVENTS_EXCHANGE,
+                            "customer.subscription.updated",
+                            &body,
+                            properties,
+                        )
+                        .await?;
+                }
+                Ok::<_, tollgate_broker::PublishError>(())
+            });
+        }
+        while let Some(result) = publishing.join_next().await {
+            result??;
+        }
 
-    // 2. Start billing and time how long it takes to apply them all.
-    let started = Instant::now();
-    let mut billing = spawn_billing().context("starting billing")?;
-    loop {
-        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
-            .fetch_one(&pool)
-            .await?;
-        if applied as usize >= options.events {
-            break;
+        // 2. Start billing and time how long it takes to apply them all.
+        let target = (first + options.events) as i64;
+        let started = Instant::now();
+        let mut billing = spawn_billing().context("starting billing")?;
+        loop {
+            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
+                .fetch_one(&pool)
+                .await?;
+            if applied >= target {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("billing applied only {applied} of {target} events in 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!(
-                "billing applied only {applied} of {} events in 10 minutes",
-                options.events
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let elapsed = started.elapsed();
+        billing.kill().await.ok();
+        let billing_rate = options.events as f64 / elapsed.as_secs_f64();
+
+        // 3. The baseline, right after: pgbench, same server, a comparable transaction.
+        let pgbench_tps = pgbench(&database, &options).await?;
+        println!(
+            "| {} | {billing_rate:.0} | {pgbench_tps:.0} | {:.2} |",
+            round + 1,
+            billing_rate / pgbench_tps
+        );
+        billing_rates.push(billing_rate);
+        pgbench_rates.push(pgbench_tps);
     }
-    let elapsed = started.elapsed();
-    billing.kill().await.ok();
-    let billing_rate = options.events as f64 / elapsed.as_secs_f64();
     let not_once: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM stripe_events WHERE status <> 'processed' OR attempts <> 1",
     )
@@ -192,12 +221,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if not_once != 0 {
         bail!("{not_once} events were not applied exactly once");
     }
-
-    // 3. The baseline: pgbench, same server, a comparable transaction.
-    let pgbench_tps = pgbench(&database, &pool, &options).await?;
+    let billing_rate = median(billing_rates);
+    let pgbench_tps = median(pgbench_rates);
     let ratio = billing_rate / pgbench_tps;
     println!();
-    println!("| side | rate (tx/s) |");
+    println!(
+        "| side (median of {} rounds) | rate (tx/s) |",
+        options.rounds
+    );
     println!("|---|---:|");
     println!(
         "| billing: events applied exactly once (ledger + snapshot + access + audit + outbox) | {billing_rate:.0} |"
@@ -211,11 +242,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pgbench(
-    database: &TestDatabase,
-    pool: &sqlx::PgPool,
-    options: &Options,
-) -> anyhow::Result<f64> {
+async fn pgbench_setup(pool: &sqlx::PgPool, options: &Options) -> anyhow::Result<()> {
     sqlx::query(
         "CREATE TABLE bench_events (id bigint PRIMARY KEY, payload jsonb NOT NULL, received_at timestamptz NOT NULL DEFAULT now())",
     )
@@ -230,6 +257,10 @@ async fn pgbench(
     .bind(options.customers as i32)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+async fn pgbench(database: &TestDatabase, options: &Options) -> anyhow::Result<f64> {
     let script = std::env::temp_dir().join(format!("tollgate-pgbench-{}.sql", std::process::id()));
     std::fs::write(
         &script,
