@@ -9,6 +9,9 @@ use tollgate_runtime::config::{ConfigError, Env, redact_url};
 pub struct Config {
     /// `ENTITLEMENTS_ADDR`, default 127.0.0.1:50051. Port 0 picks a free port (tests).
     pub addr: SocketAddr,
+    /// `ENTITLEMENTS_METRICS_ADDR`, default 127.0.0.1:9464: Prometheus `GET /metrics`
+    /// over plain HTTP/1.1 (the gRPC port only speaks gRPC and gRPC-Web).
+    pub metrics_addr: SocketAddr,
     /// `DATABASE_URL` (required): billing's database, read (and credits written).
     pub database_url: String,
     /// `DATABASE_MAX_CONNECTIONS`, default 10.
@@ -131,6 +134,10 @@ impl Config {
                 "ENTITLEMENTS_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 50051)),
             )?,
+            metrics_addr: env.or(
+                "ENTITLEMENTS_METRICS_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9464)),
+            )?,
             database_url,
             database_max_connections: env.or("DATABASE_MAX_CONNECTIONS", 10)?,
             amqp_url,
@@ -164,6 +171,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("addr", &self.addr)
+            .field("metrics_addr", &self.metrics_addr)
             .field("database_url", &redact_url(&self.database_url))
             .field("database_max_connections", &self.database_max_connections)
             .field("amqp_url", &redact_url(&self.amqp_url))

@@ -44,6 +44,8 @@ pub struct State {
     pub auth: Auth,
     pub max_wait: Duration,
     pub reservation_ttl: Duration,
+    /// Becomes true at shutdown: open Watch streams end (clients resume).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Clone)]
@@ -186,7 +188,11 @@ impl State {
         if version <= 0 {
             return Ok(());
         }
-        let wait = grpc_deadline(request).map_or(self.max_wait, |d| d.min(self.max_wait));
+        // Answer before the caller's own deadline passes, so it hears why.
+        let wait = grpc_deadline(request).map_or(self.max_wait, |d| {
+            d.saturating_sub((d / 10).max(Duration::from_millis(20)))
+                .min(self.max_wait)
+        });
         self.feed.wait_for(version, Instant::now() + wait).await?;
         Ok(())
     }
@@ -874,6 +880,7 @@ async fn stream_changes(
     tx: mpsc::Sender<Result<pb::EntitlementChange, Status>>,
 ) {
     let wanted = |c: &ChangeMessage| filter.as_ref().is_none_or(|f| f.matches(c));
+    let mut stopping = s.stopping.clone();
     let mut sent = if from > 0 { from } else { watermark };
     if from > 0 && from < watermark {
         let mut after = from;
@@ -925,6 +932,12 @@ async fn stream_changes(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             () = tx.closed() => return,
+            _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                let _ = tx.send(Err(Status::unavailable(format!(
+                    "server shutting down; resume with from_version = {sent}"
+                )))).await;
+                return;
+            }
         }
     }
 }

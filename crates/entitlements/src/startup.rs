@@ -28,10 +28,12 @@ use crate::test_users::{self, TestUsers};
 
 pub struct Application {
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
     stop: watch::Sender<bool>,
     feed: Arc<Feed>,
     pool: PgPool,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -118,6 +120,7 @@ impl Application {
             auth: Auth::new(&config),
             max_wait: config.max_wait,
             reservation_ttl: config.reservation_ttl,
+            stopping: stop_rx.clone(),
         });
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -129,16 +132,34 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("reflection service")?;
-        let mut routes = Routes::builder()
+        let routes = Routes::builder()
             .add_service(EntitlementsServer::new(EntitlementsService::new(state)))
             .add_service(health_service)
             .add_service(reflection)
             .clone()
             .routes();
-        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut()).route(
+
+        let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| {
+                format!("binding ENTITLEMENTS_METRICS_ADDR {}", config.metrics_addr)
+            })?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let metrics = axum::Router::new().route(
             "/metrics",
             get(|| async { tollgate_runtime::telemetry::metrics_handle().render() }),
         );
+        let mut metrics_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(metrics_listener, metrics)
+                .with_graceful_shutdown(async move {
+                    let _ = metrics_stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "metrics endpoint stopped");
+            }
+        }));
 
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
@@ -156,14 +177,15 @@ impl Application {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             });
         let server = tokio::spawn(server);
-        tasks.shrink_to_fit();
-        tracing::info!(%addr, "entitlements listening");
+        tracing::info!(%addr, %metrics_addr, "entitlements listening");
         Ok(Self {
             addr,
+            metrics_addr,
             stop,
             feed,
             pool,
             server,
+            shutdown_timeout: config.shutdown_timeout,
             tasks,
         })
     }
@@ -174,6 +196,11 @@ impl Application {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// Waits until the change feed is bound and caught up (answers are fresh).
@@ -192,9 +219,22 @@ impl Application {
         Stopper(self.stop.clone())
     }
 
-    /// Serves until stopped; in-flight calls finish first.
+    /// Serves until stopped; in-flight calls get `SHUTDOWN_TIMEOUT_SECS` to finish.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let served = self.server.await.context("server task")?;
+        let mut server = self.server;
+        let mut stopping = self.stop.subscribe();
+        let timeout = self.shutdown_timeout;
+        let served = tokio::select! {
+            served = &mut server => served.context("server task")?,
+            () = async {
+                let _ = stopping.wait_for(|stop| *stop).await;
+                tokio::time::sleep(timeout).await;
+            } => {
+                tracing::warn!(?timeout, "calls still in flight after the shutdown timeout; closing");
+                server.abort();
+                Ok(())
+            }
+        };
         self.stop.send_replace(true);
         for task in self.tasks {
             // The reload task ends when the feed (its sender) is dropped.

@@ -1,6 +1,6 @@
 //! Tollgate's gRPC APIs, generated from `proto/` at build time (server and client).
 //!
-//! ```ignore
+//! ```no_run
 //! use tollgate_proto::entitlements::v1::{CheckRequest, entitlements_client::EntitlementsClient};
 //! # async fn example(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
 //! let mut client = EntitlementsClient::new(channel);
