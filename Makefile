@@ -12,6 +12,8 @@ export DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/tollgate
 export REDIS_URL ?= redis://127.0.0.1:6379
 export STRIPE_WEBHOOK_SECRET ?= whsec_local_development_only
 export INGEST_ADDR ?= 127.0.0.1:8080
+export ENTITLEMENTS_ADDR ?= 127.0.0.1:50051
+export ENTITLEMENTS_SERVICE_TOKENS ?= local-development-token-only
 export LOG_FORMAT ?= text
 
 .PHONY: help services run test lint fmt build bench bench-ingest bench-billing trigger
