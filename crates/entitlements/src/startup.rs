@@ -123,10 +123,17 @@ impl Application {
             stopping: stop_rx.clone(),
         });
 
+        // The process is up ("" SERVING); the Entitlements service reports SERVING only
+        // while its answers can be trusted fresh (readiness), NOT_SERVING otherwise.
         let (health, health_service) = tonic_health::server::health_reporter();
         health
-            .set_serving::<EntitlementsServer<EntitlementsService>>()
+            .set_not_serving::<EntitlementsServer<EntitlementsService>>()
             .await;
+        tasks.push(tokio::spawn(report_health(
+            health,
+            feed.clone(),
+            stop_rx.clone(),
+        )));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -252,6 +259,34 @@ impl Application {
             stopper.stop();
         });
         self.run_until_stopped().await
+    }
+}
+
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    feed: Arc<Feed>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = None;
+    loop {
+        let fresh = feed.is_fresh();
+        if serving != Some(fresh) {
+            if fresh {
+                health
+                    .set_serving::<EntitlementsServer<EntitlementsService>>()
+                    .await;
+            } else {
+                tracing::warn!("answers cannot be confirmed fresh; health NOT_SERVING");
+                health
+                    .set_not_serving::<EntitlementsServer<EntitlementsService>>()
+                    .await;
+            }
+            serving = Some(fresh);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

@@ -286,18 +286,24 @@ async fn grpc_web_from_a_browser_origin_health_and_metrics() {
         .connect()
         .await
         .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let serving = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "tollgate.entitlements.v1.Entitlements".into(),
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "tollgate.entitlements.v1.Entitlements"] {
+        eventually("SERVING", std::time::Duration::from_secs(5), || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .is_ok_and(|r| {
+                        r.into_inner().status()
+                            == tonic_health::pb::health_check_response::ServingStatus::Serving
+                    })
+            }
         })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        serving.status(),
-        tonic_health::pb::health_check_response::ServingStatus::Serving
-    );
+        .await;
+    }
 
     let metrics = http
         .get(format!("http://{}/metrics", app.metrics_addr))
