@@ -176,6 +176,34 @@ pub async fn grant(
     .await
 }
 
+/// A rule with its audit trail.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TestUserRecord {
+    pub id: i64,
+    pub kind: String,
+    pub value: String,
+    pub tier: Option<String>,
+    pub granted_by: String,
+    pub reason: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
+}
+
+/// Every rule (with `all`, revoked and expired ones too), newest first.
+pub async fn list(pool: &PgPool, all: bool) -> Result<Vec<TestUserRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, kind, value, tier, granted_by, reason, expires_at, created_at, revoked_at, revoked_by
+           FROM test_users
+          WHERE $1 OR (revoked_at IS NULL AND expires_at > now())
+          ORDER BY id DESC",
+    )
+    .bind(all)
+    .fetch_all(pool)
+    .await
+}
+
 /// Ends a rule early; returns whether it was active.
 pub async fn revoke(pool: &PgPool, id: i64, revoked_by: &str) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(

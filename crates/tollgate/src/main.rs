@@ -2,20 +2,22 @@
 //!
 //! `tollgate trigger <event type>` is our local `stripe trigger`: it takes a real
 //! Stripe payload of that type, gives it a fresh id and timestamp, signs it the
-//! way Stripe does, and POSTs it to a running ingest.
+//! way Stripe does, and POSTs it to a running ingest. `tollgate dead-letters` and
+//! `tollgate test-users` manage what billing gave up on and who tests for free.
 
 mod fixtures;
 mod trigger;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "\
+const USAGE_TEMPLATE: &str = "\
 usage:
   tollgate dead-letters list [--all]
   tollgate dead-letters show <id>
   tollgate dead-letters replay <id> [--by NAME]
       Events billing gave up on (DATABASE_URL; replay also needs AMQP_URL).
       Replay puts one back on the billing queue after its cause is fixed.
+{test_users}
   tollgate trigger <event type> [--url URL] [--livemode] [--count N]
       Sign a sample Stripe event and send it to ingest.
       URL defaults to $INGEST_URL, else http://127.0.0.1:8080/webhook.
@@ -23,17 +25,22 @@ usage:
   tollgate trigger --list
       The event types with a sample payload.";
 
+fn usage() -> String {
+    USAGE_TEMPLATE.replace("{test_users}", tollgate::test_users::USAGE)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("trigger") => trigger::run(&args[1..]).await,
         Some("dead-letters") => dead_letters_command(&args[1..]).await,
+        Some("test-users") => test_users_command(&args[1..]).await,
         Some("-h" | "--help" | "help") | None => {
-            println!("{USAGE}");
+            println!("{}", usage());
             return ExitCode::SUCCESS;
         }
-        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n{USAGE}")),
+        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n{}", usage())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,16 +51,25 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn database() -> anyhow::Result<sqlx::PgPool> {
+    use anyhow::Context;
+    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+        .context("connecting to DATABASE_URL")
+}
+
+async fn test_users_command(args: &[String]) -> anyhow::Result<()> {
+    tollgate::test_users::run(&database().await?, args).await
+}
+
 async fn dead_letters_command(args: &[String]) -> anyhow::Result<()> {
     use anyhow::Context;
     use tollgate::dead_letters;
 
-    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database_url)
-        .await
-        .context("connecting to DATABASE_URL")?;
+    let pool = database().await?;
     let id = |position: usize| -> anyhow::Result<i64> {
         args.get(position)
             .context("which dead letter? (tollgate dead-letters list)")?
@@ -116,7 +132,7 @@ async fn dead_letters_command(args: &[String]) -> anyhow::Result<()> {
             dead_letters::replay(&pool, &amqp_url, id, &by).await?;
             println!("dead letter {id} replayed onto the billing queue");
         }
-        _ => anyhow::bail!("{USAGE}"),
+        _ => anyhow::bail!("{}", usage()),
     }
     Ok(())
 }
