@@ -28,8 +28,8 @@ pub struct Access {
     pub status: String,
     pub tier: String,
     pub test_user: bool,
-    /// Every feature granted now: the tier's (with inherited ones) and Stripe's.
-    pub features: BTreeSet<String>,
+    /// Stripe entitlement features that grant now (none while access is revoked).
+    pub stripe_features: Vec<String>,
 }
 
 impl Access {
@@ -60,24 +60,36 @@ impl Access {
                 .filter(|t| plans.tier(t).is_some())
                 .unwrap_or_else(|| plans.default_tier().to_string())
         };
-        let mut features = plans
-            .resolved(&tier)
-            .map(|r| r.features.clone())
-            .unwrap_or_default();
-        if let Some(state) = state
-            && !state.deleted
-            && !REVOKING.contains(&state.access_status.as_str())
-        {
-            features.extend(state.stripe_features.iter().cloned());
-        }
+        let stripe_features = match state {
+            Some(state) if !state.deleted && !REVOKING.contains(&state.access_status.as_str()) => {
+                state.stripe_features.clone()
+            }
+            _ => Vec::new(),
+        };
         Self {
             enforcement,
             known,
             status,
             tier,
             test_user,
-            features,
+            stripe_features,
         }
+    }
+
+    /// Whether the tier (with what it includes) or a Stripe feature grants `feature`.
+    pub fn grants(&self, plans: &Plans, feature: &str) -> bool {
+        plans.tier_has_feature(&self.tier, feature)
+            || self.stripe_features.iter().any(|f| f == feature)
+    }
+
+    /// Every feature granted now: the tier's (with inherited ones) and Stripe's.
+    pub fn features(&self, plans: &Plans) -> BTreeSet<String> {
+        let mut features = plans
+            .resolved(&self.tier)
+            .map(|r| r.features.clone())
+            .unwrap_or_default();
+        features.extend(self.stripe_features.iter().cloned());
+        features
     }
 
     /// The answer for one feature before quotas: (allowed, reason).
@@ -88,7 +100,7 @@ impl Access {
         if !self.known && !self.test_user {
             return (false, Reason::UnknownSubject);
         }
-        if self.features.contains(feature) {
+        if self.grants(plans, feature) {
             return (true, Reason::Ok);
         }
         if plans.feature(feature).is_none() {

@@ -21,7 +21,7 @@ use crate::cache::{Cache, Lookup};
 use crate::credits::{self, Credits, Op};
 use crate::error::ApiError;
 use crate::feed::Feed;
-use crate::model::{ChangeMessage, CustomerState, Subject};
+use crate::model::{Cached, ChangeMessage, CustomerState, Subject};
 use crate::quotas::{Quotas, Recorded, Usage};
 use crate::rules::{self, Access};
 use crate::store;
@@ -62,7 +62,7 @@ impl EntitlementsService {
 /// What is known about a subject for one call.
 struct View {
     /// The deciding customer, if any.
-    customer: Option<CustomerState>,
+    customer: Option<Arc<Cached>>,
     test_rule: Option<TestUserRule>,
     access: Access,
     /// The customer state could not be read: answers follow when_unavailable.
@@ -72,16 +72,23 @@ struct View {
     version: i64,
 }
 
+impl View {
+    fn customer(&self) -> Option<&CustomerState> {
+        self.customer.as_deref().map(|c| &c.state)
+    }
+}
+
 enum Resolved {
-    Known(Vec<CustomerState>),
+    Known(Vec<Arc<Cached>>),
     Unknown,
     Unavailable,
 }
 
 /// The customer whose state decides for a subject with several (an email shared
 /// by Stripe customers): a live one, the best tier, the most recent.
-fn best(plans: &Plans, states: Vec<CustomerState>) -> Option<CustomerState> {
-    let rank = |s: &CustomerState| {
+fn best(plans: &Plans, states: Vec<Arc<Cached>>) -> Option<Arc<Cached>> {
+    let rank = |c: &Arc<Cached>| {
+        let s = &c.state;
         (
             !s.deleted,
             matches!(s.access_status.as_str(), "active" | "trialing"),
@@ -204,7 +211,7 @@ impl State {
                 Lookup::Hit(found) => {
                     metrics::counter!("tollgate_entitlements_cache_total", "result" => "hit")
                         .increment(1);
-                    return Resolved::Known(found.iter().map(|c| c.state.clone()).collect());
+                    return Resolved::Known(found);
                 }
                 Lookup::Unknown => {
                     metrics::counter!("tollgate_entitlements_cache_total", "result" => "hit")
@@ -226,7 +233,7 @@ impl State {
                 if held.is_empty() {
                     Resolved::Unknown
                 } else {
-                    Resolved::Known(held.iter().map(|c| c.state.clone()).collect())
+                    Resolved::Known(held)
                 }
             }
             Err(e) => {
@@ -244,15 +251,16 @@ impl State {
             Resolved::Unavailable => (None, true),
         };
         let now = Utc::now();
-        let test_rule = self.test_users.matching(subject, customer.as_ref(), now);
+        let state = customer.as_deref().map(|c| &c.state);
+        let test_rule = self.test_users.matching(subject, state, now);
         let access = Access::new(
             &self.plans,
             self.enforcement,
-            customer.as_ref(),
+            state,
             test_rule.as_ref(),
             now,
         );
-        let owner = match &customer {
+        let owner = match state {
             Some(c) => c.customer_id.to_string(),
             None => format!("subject:{}", subject.key()),
         };
@@ -325,7 +333,7 @@ impl State {
     /// The customer a credit operation is for, or the answer to give without one.
     async fn credit_customer(&self, subject: &Subject) -> Result<Option<Uuid>, ApiError> {
         match self.resolve(subject).await {
-            Resolved::Known(states) => Ok(best(&self.plans, states).map(|s| s.customer_id)),
+            Resolved::Known(states) => Ok(best(&self.plans, states).map(|c| c.state.customer_id)),
             Resolved::Unknown => Ok(None),
             Resolved::Unavailable => Err(ApiError::Unavailable("customer state".into())),
         }
@@ -469,7 +477,7 @@ impl Entitlements for EntitlementsService {
             s.fresh_enough(&request, req.at_least_version).await?;
             let view = s.view(&subject).await;
             let mut degraded = view.unavailable;
-            let (credit_balance, subscription) = match &view.customer {
+            let (credit_balance, subscription) = match view.customer() {
                 Some(customer) => {
                     let balance = store::credit_balance(&s.pool, customer.customer_id).await;
                     let subscription = store::subscription(&s.pool, customer.customer_id).await;
@@ -528,16 +536,14 @@ impl Entitlements for EntitlementsService {
                 }
             });
             let test_user_until = view.test_rule.as_ref().map(|r| r.expires_at).or_else(|| {
-                view.customer
-                    .as_ref()
+                view.customer()
                     .filter(|c| c.flagged_test_user(Utc::now()))
                     .and_then(|c| c.test_user_until)
             });
             Ok(pb::GetEntitlementsResponse {
                 known: view.customer.is_some(),
                 user_id: view
-                    .customer
-                    .as_ref()
+                    .customer()
                     .and_then(|c| c.user_id.clone())
                     .unwrap_or_default(),
                 tier: view.access.tier.clone(),
@@ -550,11 +556,10 @@ impl Entitlements for EntitlementsService {
                 features: if view.unavailable {
                     Vec::new()
                 } else {
-                    view.access.features.iter().cloned().collect()
+                    view.access.features(&s.plans).into_iter().collect()
                 },
                 stripe_features: view
-                    .customer
-                    .as_ref()
+                    .customer()
                     .map(|c| c.stripe_features.clone())
                     .unwrap_or_default(),
                 credit_balance,
@@ -563,7 +568,7 @@ impl Entitlements for EntitlementsService {
                 test_user: view.access.test_user,
                 test_user_until: test_user_until.map(timestamp),
                 version: view.version,
-                customer_version: view.customer.as_ref().map_or(0, |c| c.customer_version),
+                customer_version: view.customer().map_or(0, |c| c.customer_version),
                 degraded,
                 enforcement_enabled: s.enforcement,
             })
@@ -829,7 +834,7 @@ impl Entitlements for EntitlementsService {
                 let subject = subject_arg(&req.subject)?;
                 caller.may_ask_about(&subject)?;
                 let ids: Vec<Uuid> = match s.resolve(&subject).await {
-                    Resolved::Known(states) => states.iter().map(|c| c.customer_id).collect(),
+                    Resolved::Known(states) => states.iter().map(|c| c.state.customer_id).collect(),
                     Resolved::Unknown => Vec::new(),
                     Resolved::Unavailable => {
                         return Err(ApiError::Unavailable("customer state".into()));
