@@ -259,6 +259,7 @@ impl Feed {
                 Ok((connection, mut consumer)) => {
                     info!("change feed bound");
                     let mut caught_up = false;
+                    let mut warned = None;
                     let mut tick = tokio::time::interval(self.poll_interval);
                     loop {
                         if !caught_up {
@@ -269,7 +270,15 @@ impl Feed {
                                     info!(version = self.watermark(), "change feed live");
                                 }
                                 Err(e) => {
-                                    warn!(error = %e, "cannot catch up from the outbox; answers degraded until it can")
+                                    // Once every 10 s, not at every poll.
+                                    if warned.is_none_or(|at: Instant| {
+                                        at.elapsed() > Duration::from_secs(10)
+                                    }) {
+                                        warn!(error = %e, "cannot catch up from the outbox; answers degraded until it can");
+                                        warned = Some(Instant::now());
+                                    } else {
+                                        debug!(error = %e, "cannot catch up from the outbox");
+                                    }
                                 }
                             }
                         }
