@@ -12,9 +12,11 @@ export DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/tollgate
 export REDIS_URL ?= redis://127.0.0.1:6379
 export STRIPE_WEBHOOK_SECRET ?= whsec_local_development_only
 export INGEST_ADDR ?= 127.0.0.1:8080
+export ENTITLEMENTS_ADDR ?= 127.0.0.1:50051
+export ENTITLEMENTS_SERVICE_TOKENS ?= local-development-token-only
 export LOG_FORMAT ?= text
 
-.PHONY: help services run test lint fmt build bench bench-ingest bench-billing trigger
+.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger
 
 help:
 	@echo "make run           bring up PostgreSQL, RabbitMQ, Redis and run the stack in the foreground"
@@ -22,6 +24,7 @@ help:
 	@echo "make lint          rustfmt check and clippy -D warnings"
 	@echo "make bench-ingest  ingest throughput against the raw broker publish-confirm rate"
 	@echo "make bench-billing events applied per second against a pgbench baseline"
+	@echo "make bench-entitlements  Check vs a bare tonic echo and a PostgreSQL query; revocation latency; credits/s"
 	@echo "make trigger EVENT=invoice.paid   send a signed sample event to the running ingest"
 
 services:
@@ -43,7 +46,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-bench: bench-ingest bench-billing
+bench: bench-ingest bench-billing bench-entitlements
 
 bench-ingest: services
 	$(CARGO) build --release --workspace --bins
@@ -52,6 +55,10 @@ bench-ingest: services
 bench-billing: services
 	$(CARGO) build --release --workspace --bins
 	$(CARGO_TARGET_DIR)/release/tollgate-bench billing $(BENCH_ARGS)
+
+bench-entitlements: services
+	$(CARGO) build --release --workspace --bins
+	$(CARGO_TARGET_DIR)/release/tollgate-bench entitlements $(BENCH_ARGS)
 
 trigger:
 	@$(CARGO) run --quiet --bin tollgate -- trigger $(or $(EVENT),invoice.paid)

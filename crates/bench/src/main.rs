@@ -7,8 +7,13 @@
 //!
 //! `tollgate-bench billing`: events applied per second by a `billing` process,
 //! exactly once, versus pgbench running a comparable transaction on the same server.
+//!
+//! `tollgate-bench entitlements`: Check against a bare tonic echo server and against
+//! a PostgreSQL query per call, revocation latency from webhook to denied Check,
+//! and credit consumptions per second.
 
 mod billing;
+mod entitlements;
 mod ingest;
 mod stats;
 
@@ -20,9 +25,19 @@ async fn main() -> anyhow::Result<()> {
     match args.next().as_deref() {
         Some("ingest") => ingest::run(ingest::Options::parse(args)?).await,
         Some("billing") => billing::run(billing::Options::parse(args)?).await,
+        Some("entitlements") => entitlements::run(entitlements::Options::parse(args)?).await,
+        // The baseline server `entitlements` starts in a process of its own.
+        Some("entitlements-echo") => {
+            let addr = args
+                .next()
+                .unwrap_or_else(|| "127.0.0.1:50099".into())
+                .parse()?;
+            entitlements::serve_echo(addr).await
+        }
         _ => bail!(
             "usage: tollgate-bench ingest [--concurrency N] [--seconds S] [--rounds R] [--ingest-bin PATH]\n       \
-             tollgate-bench billing [--events N] [--customers N] [--pgbench-clients N] [--pgbench-seconds S] [--billing-bin PATH]"
+             tollgate-bench billing [--events N] [--customers N] [--pgbench-clients N] [--pgbench-seconds S] [--billing-bin PATH]\n       \
+             tollgate-bench entitlements [--concurrency N] [--channels N] [--seconds S] [--rounds R] [--customers N] [--revocations N] [--background-rate N]"
         ),
     }
 }

@@ -312,6 +312,21 @@ impl Plans {
             .map_or(self.default_tier.as_str(), |p| p.tier.as_str())
     }
 
+    /// The tier with the highest rank (what a test user gets unless told otherwise).
+    pub fn top_tier(&self) -> &str {
+        self.tiers
+            .iter()
+            .max_by_key(|(_, tier)| tier.rank)
+            .map_or(self.default_tier.as_str(), |(name, _)| name.as_str())
+    }
+
+    /// Every feature the plans file declares.
+    pub fn features(&self) -> impl Iterator<Item = (&str, &Feature)> {
+        self.features
+            .iter()
+            .map(|(name, feature)| (name.as_str(), feature))
+    }
+
     pub fn tier(&self, name: &str) -> Option<&Tier> {
         self.tiers.get(name)
     }
@@ -377,6 +392,7 @@ mod tests {
     fn the_free_pro_plus_enterprise_scheme() {
         let plans = shipped("plans.toml");
         assert_eq!(plans.default_tier(), "free");
+        assert_eq!(plans.top_tier(), "enterprise");
         assert!(!plans.policy().revoke_on_dispute);
         assert_eq!(plans.tier_for_price("price_pro_monthly"), "pro");
         assert_eq!(plans.tier_for_price("price_unknown"), "free");
@@ -426,6 +442,7 @@ mod tests {
     fn the_visitor_subscriber_paid_scheme() {
         let plans = shipped("plans.visitor-subscriber-paid.toml");
         assert_eq!(plans.default_tier(), "visitor");
+        assert_eq!(plans.top_tier(), "paid");
         assert!(plans.policy().revoke_on_dispute);
         assert!(plans.tier_has_feature("visitor", "content.public"));
         assert!(plans.tier_has_feature("subscriber", "docs.read"));

@@ -1,14 +1,14 @@
-//! What integration tests share: a RabbitMQ vhost and a PostgreSQL database of
-//! their own, a TCP proxy
-//! that can cut a service off from its broker, a real SMTP server to receive
-//! emails, real Stripe payloads signed the way Stripe signs them, and a
-//! stand-in for the Stripe API.
+//! What integration tests share: a RabbitMQ vhost, a PostgreSQL database and a
+//! Redis key prefix of their own, a TCP proxy that can cut a service off from its
+//! broker, a real SMTP server to receive emails, real Stripe payloads signed the
+//! way Stripe signs them, and a stand-in for the Stripe API.
 
 pub mod amqp;
 pub mod fixtures;
 pub mod postgres;
 pub mod proxy;
 pub mod rabbitmq;
+pub mod redis;
 pub mod smtp;
 pub mod stripe_stand_in;
 
@@ -19,5 +19,6 @@ pub use fixtures::{
 pub use postgres::TestDatabase;
 pub use proxy::TcpProxy;
 pub use rabbitmq::TestVhost;
+pub use redis::TestRedis;
 pub use smtp::{SinkMessage, SinkOptions, SmtpFault, SmtpSink};
 pub use stripe_stand_in::{RecordedRequest, Reply, StripeStandIn};

@@ -2,3 +2,4 @@
 
 pub mod dead_letters;
 pub mod reconcile;
+pub mod test_users;

@@ -4,20 +4,21 @@
 //! Stripe payload of that type, gives it a fresh id and timestamp, signs it the
 //! way Stripe does, and POSTs it to a running ingest. `dead-letters` reviews and
 //! replays events billing gave up on; `reconcile` and `backfill` repair billing state
-//! from Stripe's API (docs/operations.md).
+//! from Stripe's API (docs/operations.md); `test-users` manages who tests for free.
 
 mod fixtures;
 mod trigger;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "\
+const USAGE_TEMPLATE: &str = "\
 usage:
   tollgate dead-letters list [--all]
   tollgate dead-letters show <id>
   tollgate dead-letters replay <id> [--by NAME]
       Events billing gave up on (DATABASE_URL; replay also needs AMQP_URL).
       Replay puts one back on the billing queue after its cause is fixed.
+{test_users}
   tollgate trigger <event type> [--url URL] [--livemode] [--count N]
       Sign a sample Stripe event and send it to ingest.
       URL defaults to $INGEST_URL, else http://127.0.0.1:8080/webhook.
@@ -33,6 +34,10 @@ usage:
   Exit status: 0 done, 1 failed, 2 done but needs attention (events lost past Stripe's
   30 days, or new dead letters).";
 
+fn usage() -> String {
+    USAGE_TEMPLATE.replace("{test_users}", tollgate::test_users::USAGE)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,11 +46,12 @@ async fn main() -> ExitCode {
         Some("dead-letters") => dead_letters_command(&args[1..]).await,
         Some("reconcile") => return repair_command(Repair::Reconcile).await,
         Some("backfill") => return repair_command(Repair::Backfill).await,
+        Some("test-users") => test_users_command(&args[1..]).await,
         Some("-h" | "--help" | "help") | None => {
-            println!("{USAGE}");
+            println!("{}", usage());
             return ExitCode::SUCCESS;
         }
-        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n{USAGE}")),
+        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n{}", usage())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,16 +101,25 @@ async fn repair_command(which: Repair) -> ExitCode {
     }
 }
 
+async fn database() -> anyhow::Result<sqlx::PgPool> {
+    use anyhow::Context;
+    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+        .context("connecting to DATABASE_URL")
+}
+
+async fn test_users_command(args: &[String]) -> anyhow::Result<()> {
+    tollgate::test_users::run(&database().await?, args).await
+}
+
 async fn dead_letters_command(args: &[String]) -> anyhow::Result<()> {
     use anyhow::Context;
     use tollgate::dead_letters;
 
-    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database_url)
-        .await
-        .context("connecting to DATABASE_URL")?;
+    let pool = database().await?;
     let id = |position: usize| -> anyhow::Result<i64> {
         args.get(position)
             .context("which dead letter? (tollgate dead-letters list)")?
@@ -167,7 +182,7 @@ async fn dead_letters_command(args: &[String]) -> anyhow::Result<()> {
             dead_letters::replay(&pool, &amqp_url, id, &by).await?;
             println!("dead letter {id} replayed onto the billing queue");
         }
-        _ => anyhow::bail!("{USAGE}"),
+        _ => anyhow::bail!("{}", usage()),
     }
     Ok(())
 }

@@ -1,0 +1,542 @@
+//! Credits: spending, holding, settling and releasing, exactly once, never below
+//! zero, durable before answering.
+//!
+//! Every operation is a row in billing's append-only `credit_ledger` (with a
+//! unique idempotency key) and a change of `credit_balances`, in one PostgreSQL
+//! transaction that holds the balance row lock. To reach thousands of operations
+//! per second on one hot balance, concurrent requests are group-committed: one
+//! task takes whatever requests are waiting (up to `MAX_BATCH`), applies them in
+//! arrival order against the locked balances in memory, writes the ledger rows,
+//! balances and reservations with a few array statements, commits once, and only
+//! then answers each caller. A failed transaction answers every request in it
+//! with an error and changes nothing, so a retry with the same key is safe.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+const MAX_BATCH: usize = 256;
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Consume {
+        customer_id: Uuid,
+        amount: i64,
+        key: String,
+    },
+    Reserve {
+        customer_id: Uuid,
+        amount: i64,
+        key: String,
+        ttl: Duration,
+    },
+    Settle {
+        customer_id: Uuid,
+        reservation_id: Uuid,
+        amount: i64,
+    },
+    Release {
+        customer_id: Uuid,
+        reservation_id: Uuid,
+        /// By the expiry sweeper rather than a caller.
+        expired: bool,
+    },
+}
+
+impl Op {
+    fn customer_id(&self) -> Uuid {
+        match self {
+            Self::Consume { customer_id, .. }
+            | Self::Reserve { customer_id, .. }
+            | Self::Settle { customer_id, .. }
+            | Self::Release { customer_id, .. } => *customer_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    InsufficientCredits,
+    /// Settle / Release of a reservation already closed the other way.
+    ReservationClosed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: Status,
+    pub remaining: i64,
+    pub replayed: bool,
+    pub reservation_id: Option<Uuid>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreditError {
+    #[error("idempotency key already used with other parameters")]
+    KeyReused,
+    #[error("no such reservation for this subject")]
+    NoSuchReservation,
+    #[error("settled amount {amount} is more than the {reserved} reserved")]
+    SettleTooMuch { amount: i64, reserved: i64 },
+    #[error("credits store unavailable: {0}")]
+    Database(String),
+    #[error("credits are shutting down")]
+    Stopped,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, CreditError>>,
+}
+
+/// Hands operations to the committing task.
+#[derive(Clone)]
+pub struct Credits {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Credits {
+    /// Starts the committing task and the expiry sweeper.
+    pub fn start(pool: PgPool, stop: watch::Receiver<bool>) -> Self {
+        let (jobs, rx) = mpsc::channel(8192);
+        tokio::spawn(commit_loop(pool.clone(), rx));
+        let credits = Self { jobs };
+        tokio::spawn(sweep_expired(pool, credits.clone(), stop));
+        credits
+    }
+
+    pub async fn submit(&self, op: Op) -> Result<Outcome, CreditError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| CreditError::Stopped)?;
+        answer.await.map_err(|_| CreditError::Stopped)?
+    }
+}
+
+async fn commit_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let ops: Vec<Op> = jobs.iter().map(|j| j.op.clone()).collect();
+        let started = std::time::Instant::now();
+        let mut result = apply_batch(&pool, &ops).await;
+        if let Err(e) = &result
+            && is_retryable(e)
+        {
+            // A deadlock or serialization failure with another replica: once more.
+            result = apply_batch(&pool, &ops).await;
+        }
+        metrics::histogram!("tollgate_entitlements_credit_batch_seconds").record(started.elapsed());
+        metrics::histogram!("tollgate_entitlements_credit_batch_size").record(ops.len() as f64);
+        match result {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, batch = ops.len(), "credit batch failed; nothing applied");
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(CreditError::Database(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(
+        e.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("40001" | "40P01")
+    )
+}
+
+#[derive(sqlx::FromRow, Clone)]
+struct Reservation {
+    id: Uuid,
+    customer_id: Uuid,
+    amount: i64,
+    status: String,
+    settled_amount: Option<i64>,
+    idempotency_key: String,
+    expires_at: DateTime<Utc>,
+}
+
+struct Batch {
+    balances: HashMap<Uuid, i64>,
+    keys: HashMap<String, i64>,
+    reservations: HashMap<Uuid, Reservation>,
+    by_key: HashMap<String, Uuid>,
+    ledger: Vec<(Uuid, i64, &'static str, String)>,
+    new_reservations: Vec<Uuid>,
+    closed_reservations: Vec<Uuid>,
+    now: DateTime<Utc>,
+}
+
+impl Batch {
+    fn balance(&self, customer: Uuid) -> i64 {
+        self.balances.get(&customer).copied().unwrap_or(0)
+    }
+
+    fn outcome(&self, customer: Uuid, status: Status, replayed: bool) -> Outcome {
+        Outcome {
+            status,
+            remaining: self.balance(customer),
+            replayed,
+            reservation_id: None,
+            expires_at: None,
+        }
+    }
+
+    fn entry(&mut self, customer: Uuid, delta: i64, reason: &'static str, key: String) {
+        *self.balances.entry(customer).or_insert(0) += delta;
+        self.keys.insert(key.clone(), delta);
+        self.ledger.push((customer, delta, reason, key));
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<Outcome, CreditError> {
+        match op {
+            Op::Consume {
+                customer_id,
+                amount,
+                key,
+            } => {
+                let key = format!("consume:{customer_id}:{key}");
+                if let Some(delta) = self.keys.get(&key) {
+                    return if *delta == -amount {
+                        Ok(self.outcome(*customer_id, Status::Ok, true))
+                    } else {
+                        Err(CreditError::KeyReused)
+                    };
+                }
+                if self.balance(*customer_id) < *amount {
+                    return Ok(self.outcome(*customer_id, Status::InsufficientCredits, false));
+                }
+                self.entry(*customer_id, -amount, "consume", key);
+                Ok(self.outcome(*customer_id, Status::Ok, false))
+            }
+            Op::Reserve {
+                customer_id,
+                amount,
+                key,
+                ttl,
+            } => {
+                let key = format!("reserve:{customer_id}:{key}");
+                if let Some(id) = self.by_key.get(&key) {
+                    let held = &self.reservations[id];
+                    if held.amount != *amount || held.customer_id != *customer_id {
+                        return Err(CreditError::KeyReused);
+                    }
+                    let mut outcome = self.outcome(*customer_id, Status::Ok, true);
+                    outcome.reservation_id = Some(held.id);
+                    outcome.expires_at = Some(held.expires_at);
+                    return Ok(outcome);
+                }
+                if self.balance(*customer_id) < *amount {
+                    return Ok(self.outcome(*customer_id, Status::InsufficientCredits, false));
+                }
+                let id = Uuid::new_v4();
+                let expires_at = self.now
+                    + chrono::Duration::from_std(*ttl).unwrap_or(chrono::Duration::minutes(15));
+                self.entry(*customer_id, -amount, "reserve", key.clone());
+                self.reservations.insert(
+                    id,
+                    Reservation {
+                        id,
+                        customer_id: *customer_id,
+                        amount: *amount,
+                        status: "held".into(),
+                        settled_amount: None,
+                        idempotency_key: key.clone(),
+                        expires_at,
+                    },
+                );
+                self.by_key.insert(key, id);
+                self.new_reservations.push(id);
+                let mut outcome = self.outcome(*customer_id, Status::Ok, false);
+                outcome.reservation_id = Some(id);
+                outcome.expires_at = Some(expires_at);
+                Ok(outcome)
+            }
+            Op::Settle {
+                customer_id,
+                reservation_id,
+                amount,
+            } => {
+                let held = self.held(*customer_id, *reservation_id)?;
+                match held.status.as_str() {
+                    "held" if held.expires_at <= self.now => {
+                        self.close(held, "expired");
+                        Ok(self.outcome(*customer_id, Status::ReservationClosed, false))
+                    }
+                    "held" => {
+                        if *amount > held.amount {
+                            return Err(CreditError::SettleTooMuch {
+                                amount: *amount,
+                                reserved: held.amount,
+                            });
+                        }
+                        let mut settled = held.clone();
+                        settled.settled_amount = Some(*amount);
+                        self.close(settled, "settled");
+                        Ok(self.outcome(*customer_id, Status::Ok, false))
+                    }
+                    "settled" if held.settled_amount == Some(*amount) => {
+                        Ok(self.outcome(*customer_id, Status::Ok, true))
+                    }
+                    _ => Ok(self.outcome(*customer_id, Status::ReservationClosed, false)),
+                }
+            }
+            Op::Release {
+                customer_id,
+                reservation_id,
+                expired,
+            } => {
+                let held = self.held(*customer_id, *reservation_id)?;
+                match held.status.as_str() {
+                    "held" => {
+                        let status = if *expired || held.expires_at <= self.now {
+                            "expired"
+                        } else {
+                            "released"
+                        };
+                        self.close(held, status);
+                        Ok(self.outcome(*customer_id, Status::Ok, false))
+                    }
+                    "released" | "expired" => Ok(self.outcome(*customer_id, Status::Ok, true)),
+                    _ => Ok(self.outcome(*customer_id, Status::ReservationClosed, false)),
+                }
+            }
+        }
+    }
+
+    fn held(&self, customer: Uuid, id: Uuid) -> Result<Reservation, CreditError> {
+        self.reservations
+            .get(&id)
+            .filter(|r| r.customer_id == customer)
+            .cloned()
+            .ok_or(CreditError::NoSuchReservation)
+    }
+
+    /// Returns what the hold does not spend and closes it.
+    fn close(&mut self, mut held: Reservation, status: &str) {
+        let spent = if status == "settled" {
+            held.settled_amount.unwrap_or(0)
+        } else {
+            0
+        };
+        let (reason, key) = if status == "settled" {
+            ("settle", format!("settle:{}", held.id))
+        } else {
+            ("release", format!("release:{}", held.id))
+        };
+        self.entry(held.customer_id, held.amount - spent, reason, key);
+        held.status = status.to_string();
+        self.closed_reservations.push(held.id);
+        self.reservations.insert(held.id, held);
+    }
+}
+
+/// One transaction for the whole batch; the outcomes in request order.
+async fn apply_batch(
+    pool: &PgPool,
+    ops: &[Op],
+) -> Result<Vec<Result<Outcome, CreditError>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut customers: Vec<Uuid> = ops.iter().map(Op::customer_id).collect();
+    customers.sort_unstable();
+    customers.dedup();
+    // Balance rows locked in one order everywhere, so batches of different
+    // replicas cannot deadlock. Idempotency keys are namespaced by customer, so a
+    // key can only be written by a holder of that customer's balance lock.
+    let balances: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT customer_id, balance FROM credit_balances WHERE customer_id = ANY($1)
+          ORDER BY customer_id FOR UPDATE",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut ledger_keys = Vec::new();
+    let mut reservation_keys = Vec::new();
+    let mut reservation_ids = Vec::new();
+    for op in ops {
+        match op {
+            Op::Consume {
+                customer_id, key, ..
+            } => ledger_keys.push(format!("consume:{customer_id}:{key}")),
+            Op::Reserve {
+                customer_id, key, ..
+            } => reservation_keys.push(format!("reserve:{customer_id}:{key}")),
+            Op::Settle { reservation_id, .. } | Op::Release { reservation_id, .. } => {
+                reservation_ids.push(*reservation_id)
+            }
+        }
+    }
+    let keys: Vec<(String, i64)> = if ledger_keys.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT idempotency_key, delta FROM credit_ledger WHERE idempotency_key = ANY($1)",
+        )
+        .bind(&ledger_keys)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    let reservations: Vec<Reservation> =
+        if reservation_keys.is_empty() && reservation_ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+            "SELECT id, customer_id, amount, status, settled_amount, idempotency_key, expires_at
+               FROM credit_reservations WHERE id = ANY($1) OR idempotency_key = ANY($2)
+              ORDER BY id FOR UPDATE",
+        )
+        .bind(&reservation_ids)
+        .bind(&reservation_keys)
+        .fetch_all(&mut *tx)
+        .await?
+        };
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut batch = Batch {
+        balances: balances.into_iter().collect(),
+        keys: keys.into_iter().collect(),
+        by_key: reservations
+            .iter()
+            .map(|r| (r.idempotency_key.clone(), r.id))
+            .collect(),
+        reservations: reservations.into_iter().map(|r| (r.id, r)).collect(),
+        ledger: Vec::new(),
+        new_reservations: Vec::new(),
+        closed_reservations: Vec::new(),
+        now,
+    };
+    let outcomes: Vec<_> = ops.iter().map(|op| batch.apply(op)).collect();
+    if batch.ledger.is_empty() {
+        tx.commit().await?;
+        return Ok(outcomes);
+    }
+
+    let mut ledger_customers = Vec::with_capacity(batch.ledger.len());
+    let mut deltas = Vec::with_capacity(batch.ledger.len());
+    let mut reasons = Vec::with_capacity(batch.ledger.len());
+    let mut entry_keys = Vec::with_capacity(batch.ledger.len());
+    for (customer, delta, reason, key) in &batch.ledger {
+        ledger_customers.push(*customer);
+        deltas.push(*delta);
+        reasons.push(*reason);
+        entry_keys.push(key.clone());
+    }
+    // Reservations first: ledger rows do not reference them, but a reservation row
+    // must exist in the same commit as its 'reserve' entry.
+    if !batch.new_reservations.is_empty() {
+        let rows: Vec<&Reservation> = batch
+            .new_reservations
+            .iter()
+            .map(|id| &batch.reservations[id])
+            .collect();
+        sqlx::query(
+            "INSERT INTO credit_reservations (id, customer_id, amount, status, idempotency_key, expires_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[])",
+        )
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.amount).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.idempotency_key.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.expires_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.closed_reservations.is_empty() {
+        let rows: Vec<&Reservation> = batch
+            .closed_reservations
+            .iter()
+            .map(|id| &batch.reservations[id])
+            .collect();
+        sqlx::query(
+            "UPDATE credit_reservations r SET status = v.status, settled_amount = v.settled, closed_at = now()
+               FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS v(id, status, settled)
+              WHERE r.id = v.id",
+        )
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.settled_amount).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO credit_ledger (customer_id, delta, reason, idempotency_key)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[])
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(&ledger_customers)
+    .bind(&deltas)
+    .bind(&reasons)
+    .bind(&entry_keys)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted != batch.ledger.len() as u64 {
+        // Someone wrote one of our keys without the balance lock: apply nothing.
+        return Err(sqlx::Error::Protocol(
+            "credit ledger key written concurrently; batch rolled back".into(),
+        ));
+    }
+    let (ids, new_balances): (Vec<Uuid>, Vec<i64>) = batch
+        .balances
+        .iter()
+        .filter(|(id, _)| batch.ledger.iter().any(|(c, ..)| c == *id))
+        .map(|(id, b)| (*id, *b))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO credit_balances (customer_id, balance)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[])
+         ON CONFLICT (customer_id) DO UPDATE SET balance = EXCLUDED.balance, updated_at = now()",
+    )
+    .bind(&ids)
+    .bind(&new_balances)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Releases holds past their expiry, every 10 seconds.
+async fn sweep_expired(pool: PgPool, credits: Credits, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.changed() => return,
+        }
+        let expired: Result<Vec<(Uuid, Uuid)>, _> = sqlx::query_as(
+            "SELECT id, customer_id FROM credit_reservations
+              WHERE status = 'held' AND expires_at < now() ORDER BY expires_at LIMIT 200",
+        )
+        .fetch_all(&pool)
+        .await;
+        match expired {
+            Ok(rows) => {
+                for (reservation_id, customer_id) in rows {
+                    let released = credits
+                        .submit(Op::Release {
+                            customer_id,
+                            reservation_id,
+                            expired: true,
+                        })
+                        .await;
+                    debug!(%reservation_id, ?released, "expired credit hold released");
+                }
+            }
+            Err(e) => debug!(error = %e, "cannot look for expired holds"),
+        }
+    }
+}
