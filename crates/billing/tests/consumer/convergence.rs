@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tollgate_test_support::stripe_fixture;
 
 use crate::helpers::*;
-use crate::subscriptions::{T0, deliver, settle, subscription_event};
+use crate::subscriptions::{T0, deliver, settle, shuffle, subscription_event};
 
 const CUSTOMERS: i64 = 12;
 
@@ -179,17 +179,6 @@ fn lifecycles() -> Vec<(String, Vec<u8>)> {
         }
     }
     events
-}
-
-/// Fisher–Yates with a fixed-seed xorshift: reproducible shuffles.
-fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    for i in (1..items.len()).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        items.swap(i, (state % (i as u64 + 1)) as usize);
-    }
 }
 
 /// Everything billing derives, as text rows, ordered.

@@ -370,7 +370,7 @@ async fn lifecycles_converge_whatever_the_delivery_order() {
 type SubscriptionRow = (String, String, Option<String>, String, i64, i32, String);
 
 /// Fisher–Yates with a fixed-seed xorshift: reproducible shuffles.
-fn shuffle<T>(items: &mut [T], seed: u64) {
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     for i in (1..items.len()).rev() {
         state ^= state << 13;
