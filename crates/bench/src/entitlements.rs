@@ -214,7 +214,11 @@ where
                 latencies_us: Vec::new(),
             };
             let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
-            let mut next = Instant::now();
+            // Paced workers start staggered, so their calls do not arrive in bursts.
+            let mut next = started
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(worker as f64 / concurrency as f64)
+                });
             let mut n = 0u64;
             while Instant::now() < until {
                 if let Some(interval) = interval {
