@@ -16,11 +16,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 const MAX_BATCH: usize = 256;
+/// Batches in flight at once (per replica).
+const COMMITTERS: usize = 2;
 
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -105,7 +109,10 @@ impl Credits {
     /// Starts the committing task and the expiry sweeper.
     pub fn start(pool: PgPool, stop: watch::Receiver<bool>) -> Self {
         let (jobs, rx) = mpsc::channel(8192);
-        tokio::spawn(commit_loop(pool.clone(), rx));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(commit_loop(pool.clone(), rx.clone()));
+        }
         let credits = Self { jobs };
         tokio::spawn(sweep_expired(pool, credits.clone(), stop));
         credits
@@ -121,9 +128,15 @@ impl Credits {
     }
 }
 
-async fn commit_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
+async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+    loop {
+        // One committer takes what is waiting while the other is inside its
+        // transaction (usually queued behind the same balance lock), so a batch is
+        // ready the moment the previous one commits.
+        if rx.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
+        }
         let ops: Vec<Op> = jobs.iter().map(|j| j.op.clone()).collect();
         let started = std::time::Instant::now();
         let mut result = apply_batch(&pool, &ops).await;
@@ -403,9 +416,7 @@ async fn apply_batch(
         .fetch_all(&mut *tx)
         .await?
         };
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *tx)
-        .await?;
+    let now = Utc::now();
     let mut batch = Batch {
         balances: balances.into_iter().collect(),
         keys: keys.into_iter().collect(),
