@@ -125,26 +125,9 @@ pub async fn apply_from(
             Some(result) => Refetch::Fetched(result.as_deref().ok()),
         };
         let mut tx = pool.begin().await?;
-        if ledger::claim(&mut tx, &event.envelope, &event.payload, attempt).await?
-            == Claim::Duplicate
-        {
-            tx.rollback().await?;
-            metrics::counter!("tollgate_billing_events_total", "outcome" => "duplicate")
-                .increment(1);
-            return Ok(Outcome::Duplicate);
-        }
-        let handled = crate::handlers::apply(
-            &mut tx,
-            plans,
-            refetch,
-            &event.envelope,
-            &event.payload,
-            source,
-        )
-        .await?;
-        let applied = match handled {
-            Handled::Applied(applied) => applied,
-            Handled::Refetch(ambiguity) => {
+        let outcome = match run_in(&mut tx, plans, refetch, event, attempt, source).await? {
+            Ran::Done(outcome) => outcome,
+            Ran::Refetch(ambiguity) => {
                 tx.rollback().await?;
                 tracing::info!(
                     object = ambiguity.kind.as_str(),
@@ -160,17 +143,9 @@ pub async fn apply_from(
                 continue;
             }
         };
-        // Types without a handler are stored and acknowledged ("ignored").
-        if applied == Applied::Ignored {
-            ledger::finish(&mut tx, &event.envelope.id, applied).await?;
-        }
         tx.commit().await?;
-        let label = match applied {
-            Applied::Processed => "processed",
-            Applied::Ignored => "ignored",
-        };
-        metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
-        return Ok(Outcome::Applied(applied));
+        count(&outcome);
+        return Ok(outcome);
     }
     // Unreachable by construction; retried like any transient failure if it ever is not.
     Err(ProcessError::Transient(
@@ -201,65 +176,72 @@ pub async fn apply_batch(
         let (event, attempt) = events[i];
         let span = tracing::debug_span!("apply_event", event_id = %event.envelope.id,
                                         event_type = %event.envelope.event_type);
-        let outcome = apply_in(&mut tx, plans, refetcher, event, attempt)
+        let refetch = if refetcher.is_enabled() {
+            Refetch::Ask
+        } else {
+            Refetch::Off
+        };
+        let handled = run_in(&mut tx, plans, refetch, event, attempt, Source::Webhook)
             .instrument(span)
             .await?;
-        outcomes[i] = Some(outcome);
+        outcomes[i] = Some(match handled {
+            Ran::Done(outcome) => outcome,
+            Ran::Refetch(_) => {
+                return Err(ProcessError::Transient(format!(
+                    "event {} needs a refetch; applying it alone",
+                    event.envelope.id
+                )));
+            }
+        });
     }
     tx.commit().await?;
     let outcomes: Vec<Outcome> = outcomes
         .into_iter()
         .map(|o| o.expect("every event visited"))
         .collect();
-    for outcome in &outcomes {
-        let label = match outcome {
-            Outcome::Duplicate => "duplicate",
-            Outcome::Applied(Applied::Processed) => "processed",
-            Outcome::Applied(Applied::Ignored) => "ignored",
-        };
-        metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
-    }
+    outcomes.iter().for_each(count);
     Ok(outcomes)
 }
 
-async fn apply_in(
+fn count(outcome: &Outcome) {
+    let label = match outcome {
+        Outcome::Duplicate => "duplicate",
+        Outcome::Applied(Applied::Processed) => "processed",
+        Outcome::Applied(Applied::Ignored) => "ignored",
+    };
+    metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
+}
+
+/// What one event did inside a transaction.
+enum Ran {
+    Done(Outcome),
+    /// Its handler stopped: the object must be refetched outside the transaction.
+    Refetch(crate::refetch::Ambiguity),
+}
+
+/// One event inside `tx`: claimed in the ledger, then handled. A duplicate writes
+/// nothing (the claim's upsert matched no row), so it needs no rollback, even in
+/// a batch; a handler that asks for a refetch leaves the rollback to the caller.
+async fn run_in(
     tx: &mut crate::customers::Tx,
     plans: &Plans,
-    refetcher: &Refetcher,
+    refetch: Refetch<'_>,
     event: &Decoded,
     attempt: u32,
-) -> Result<Outcome, ProcessError> {
-    // A duplicate wrote nothing (the claim's upsert matched no row): no need to
-    // roll anything back, even inside a batch.
+    source: Source,
+) -> Result<Ran, ProcessError> {
     if ledger::claim(tx, &event.envelope, &event.payload, attempt).await? == Claim::Duplicate {
-        return Ok(Outcome::Duplicate);
+        return Ok(Ran::Done(Outcome::Duplicate));
     }
-    let refetch = if refetcher.is_enabled() {
-        Refetch::Ask
-    } else {
-        Refetch::Off
-    };
-    let handled = crate::handlers::apply(
-        tx,
-        plans,
-        refetch,
-        &event.envelope,
-        &event.payload,
-        Source::Webhook,
-    )
-    .await?;
+    let handled =
+        crate::handlers::apply(tx, plans, refetch, &event.envelope, &event.payload, source).await?;
     let applied = match handled {
         Handled::Applied(applied) => applied,
-        Handled::Refetch(_) => {
-            return Err(ProcessError::Transient(format!(
-                "event {} needs a refetch; applying it alone",
-                event.envelope.id
-            )));
-        }
+        Handled::Refetch(ambiguity) => return Ok(Ran::Refetch(ambiguity)),
     };
     // Types without a handler are stored and acknowledged ("ignored").
     if applied == Applied::Ignored {
         ledger::finish(tx, &event.envelope.id, applied).await?;
     }
-    Ok(Outcome::Applied(applied))
+    Ok(Ran::Done(Outcome::Applied(applied)))
 }
