@@ -338,7 +338,7 @@ impl Account {
                 &IdempotencyKey::derive("customer", &[user.id]),
             )
             .await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::Tx::begin(&self.pool).await?;
         // A row of the user without a Stripe customer (made by an operator, say) gets this
         // one, rather than a second row for the same user.
         sqlx::query(

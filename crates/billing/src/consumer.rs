@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ use tollgate_plans::Plans;
 use tollgate_stripe::Refetcher;
 use tracing::{Instrument, debug, error, info, warn};
 
+use crate::acks::Acks;
 use crate::process::{self, Decoded, ProcessError};
 
 pub struct Consumer {
@@ -99,6 +100,7 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        let (acks, settling) = Acks::start(channel.clone());
         self.consuming.send_replace(true);
         info!(
             prefetch = self.prefetch,
@@ -115,17 +117,21 @@ impl Consumer {
             while !waiting.is_empty() && in_flight.len() < usize::from(self.workers) {
                 let take = waiting.len().min(usize::from(self.batch_max));
                 let batch: Vec<Delivery> = waiting.drain(..take).collect();
-                in_flight.spawn(self.clone().handle_batch(batch));
+                in_flight.spawn(self.clone().handle_batch(batch, acks.clone()));
             }
             tokio::select! {
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
+                        acks.track(delivery.delivery_tag);
                         waiting.push(delivery);
                         // Take whatever else has already arrived before dispatching.
                         let mut ended = None;
                         while waiting.len() < usize::from(self.batch_max) {
                             match deliveries.next().now_or_never() {
-                                Some(Some(Ok(delivery))) => waiting.push(delivery),
+                                Some(Some(Ok(delivery))) => {
+                                    acks.track(delivery.delivery_tag);
+                                    waiting.push(delivery);
+                                }
                                 Some(Some(Err(e))) => { ended = Some(Err(e)); break; }
                                 Some(None) => { ended = Some(Ok(false)); break; }
                                 None => break,
@@ -147,6 +153,9 @@ impl Consumer {
         drop(waiting);
         // Let in-flight events finish and settle (their acks need this channel).
         while in_flight.join_next().await.is_some() {}
+        // Every outcome is reported; let the last acks reach the broker.
+        drop(acks);
+        let _ = settling.await;
         self.consuming.send_replace(false);
         let _ = connection.close(200, "billing stopping".into()).await;
         match result {
@@ -158,7 +167,7 @@ impl Consumer {
 
     /// Applies a batch in one transaction; if that fails, applies its events
     /// one at a time so each meets its own fate (retry, dead letter).
-    async fn handle_batch(self: Arc<Self>, batch: Vec<Delivery>) {
+    async fn handle_batch(self: Arc<Self>, batch: Vec<Delivery>, acks: Acks) {
         let decoded: Vec<(Delivery, Result<Decoded, ProcessError>)> = batch
             .into_iter()
             .map(|delivery| {
@@ -182,9 +191,7 @@ impl Consumer {
                 .await;
             match applied {
                 Ok(_) => {
-                    for (delivery, _) in &decoded {
-                        settle(delivery, Settle::Ack).await;
-                    }
+                    acks.ack(decoded.iter().map(|(d, _)| d.delivery_tag).collect());
                     return;
                 }
                 Err(e) => {
@@ -194,11 +201,11 @@ impl Consumer {
             }
         }
         for (delivery, event) in decoded {
-            self.handle(delivery, event).await;
+            self.handle(delivery, event, &acks).await;
         }
     }
 
-    async fn handle(&self, delivery: Delivery, event: Result<Decoded, ProcessError>) {
+    async fn handle(&self, delivery: Delivery, event: Result<Decoded, ProcessError>, acks: &Acks) {
         let attempt = attempt_of(&delivery.properties);
         let message_id = delivery
             .properties
@@ -230,7 +237,10 @@ impl Consumer {
                 }
                 Err(e) => self.retry(&delivery, event.as_ref(), &e, attempt).await,
             };
-            settle(&delivery, outcome).await;
+            match outcome {
+                Settle::Ack => acks.ack(vec![delivery.delivery_tag]),
+                Settle::Requeue => acks.requeue(delivery.delivery_tag),
+            }
         }
         .instrument(span)
         .await;
@@ -323,25 +333,6 @@ impl Consumer {
             warn!(error = %e, "dead letter is on the queue but not recorded in the database");
         }
         Settle::Ack
-    }
-}
-
-async fn settle(delivery: &Delivery, outcome: Settle) {
-    let settled = match outcome {
-        Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => {
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-    };
-    if let Err(e) = settled {
-        // The channel is gone: the broker redelivers, the ledger absorbs it.
-        warn!(error = %e, "could not settle the delivery");
     }
 }
 

@@ -1,11 +1,10 @@
 //! Customer rows: the per-customer lock, linking users, and derived access.
 
-use sqlx::{Postgres, Transaction};
 use tollgate_plans::Plans;
 
 use crate::process::ProcessError;
 
-pub type Tx = Transaction<'static, Postgres>;
+pub use crate::db::Tx;
 
 /// The customer row for a Stripe customer, created if this is the first we hear
 /// of it, and locked until the transaction ends: effects on one customer are
@@ -14,6 +13,9 @@ pub async fn lock_or_create(
     tx: &mut Tx,
     stripe_customer_id: &str,
 ) -> Result<uuid::Uuid, ProcessError> {
+    if let Some(id) = tx.locked(stripe_customer_id) {
+        return Ok(id);
+    }
     // One round trip in the usual case: lock the existing row (a row lock writes
     // no new row version, unlike a no-op upsert), or insert it. A concurrent
     // insert of the same customer makes both halves come back empty; the next
@@ -33,12 +35,40 @@ pub async fn lock_or_create(
         .fetch_optional(&mut **tx)
         .await?;
         if let Some(id) = id {
+            tx.holds_lock(stripe_customer_id, id);
             return Ok(id);
         }
     }
     Err(ProcessError::Transient(format!(
         "customer {stripe_customer_id} could be neither found nor created"
     )))
+}
+
+/// Locks the existing rows of these Stripe customers in one statement, in a
+/// fixed order (so that concurrent batches cannot deadlock on one another), and
+/// remembers them in `tx`. Customers not stored yet are left to
+/// [`lock_or_create`]: an event billing ignores must not create one.
+pub async fn lock_existing(tx: &mut Tx, stripe_customer_ids: &[&str]) -> Result<(), ProcessError> {
+    let wanted: Vec<&str> = stripe_customer_ids
+        .iter()
+        .copied()
+        .filter(|id| tx.locked(id).is_none())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    // LockRows sits above the sort: rows are locked in stripe_customer_id order.
+    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, stripe_customer_id FROM customers WHERE stripe_customer_id = ANY($1)
+          ORDER BY stripe_customer_id FOR UPDATE",
+    )
+    .bind(&wanted)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id, stripe_customer_id) in rows {
+        tx.holds_lock(&stripe_customer_id, id);
+    }
+    Ok(())
 }
 
 /// Records who the customer is. A user id, once set, is never silently replaced by

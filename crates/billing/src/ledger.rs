@@ -1,7 +1,11 @@
 //! `stripe_events`: the idempotency ledger and audit trail.
 
-use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::{HashMap, HashSet};
+
+use sqlx::PgPool;
 use tollgate_events::EventEnvelope;
+
+use crate::db::Tx;
 
 /// Whether this delivery is the first to apply the event.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,7 +40,7 @@ impl Applied {
 /// if anything fails the transaction rolls back and it was never written, so a
 /// second round trip to mark it is only needed for the rarer `ignored`.
 pub async fn claim(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut Tx,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
     attempt: u32,
@@ -68,12 +72,76 @@ pub async fn claim(
     })
 }
 
+/// [`claim`] for a batch, in one statement. Rows are claimed in event-id order,
+/// so two batches holding the same (duplicated) events wait on each other instead
+/// of deadlocking. An id twice in `events` is claimed once: the later copy is a
+/// duplicate.
+pub async fn claim_all(
+    tx: &mut Tx,
+    events: &[(&EventEnvelope, &serde_json::Value, u32)],
+) -> Result<Vec<Claim>, sqlx::Error> {
+    // The first copy of each id is the one that may claim it.
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+    let unique: Vec<_> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, (envelope, ..))| *first.entry(envelope.id.as_str()).or_insert(*i) == *i)
+        .map(|(_, event)| event)
+        .collect();
+    let ids: Vec<&str> = unique.iter().map(|(e, ..)| e.id.as_str()).collect();
+    let types: Vec<&str> = unique.iter().map(|(e, ..)| e.event_type.as_str()).collect();
+    let created: Vec<i64> = unique.iter().map(|(e, ..)| e.created).collect();
+    let livemode: Vec<bool> = unique.iter().map(|(e, ..)| e.livemode).collect();
+    let api_versions: Vec<Option<&str>> = unique
+        .iter()
+        .map(|(e, ..)| e.api_version.as_deref())
+        .collect();
+    let accounts: Vec<Option<&str>> = unique.iter().map(|(e, ..)| e.account.as_deref()).collect();
+    let payloads: Vec<&serde_json::Value> = unique.iter().map(|(_, payload, _)| *payload).collect();
+    let attempts: Vec<i32> = unique
+        .iter()
+        .map(|(.., attempt)| i32::try_from(*attempt).unwrap_or(i32::MAX))
+        .collect();
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO stripe_events (id, type, created, livemode, api_version, account, payload, status, attempts,
+                                    processed_at)
+         SELECT id, type, created, livemode, api_version, account, payload, 'processed', attempts, now()
+           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[], $5::text[], $6::text[], $7::jsonb[],
+                       $8::int[]) AS e(id, type, created, livemode, api_version, account, payload, attempts)
+          ORDER BY id
+         ON CONFLICT (id) DO UPDATE SET attempts = GREATEST(stripe_events.attempts, EXCLUDED.attempts),
+                                        payload = COALESCE(stripe_events.payload, EXCLUDED.payload),
+                                        status = 'processed', processed_at = now(), last_error = NULL
+             WHERE stripe_events.status IN ('failed', 'dead_lettered')
+         RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&created)
+    .bind(&livemode)
+    .bind(&api_versions)
+    .bind(&accounts)
+    .bind(&payloads)
+    .bind(&attempts)
+    .fetch_all(&mut **tx)
+    .await?;
+    let claimed: HashSet<&str> = claimed.iter().map(String::as_str).collect();
+    Ok(events
+        .iter()
+        .enumerate()
+        .map(|(i, (envelope, ..))| {
+            let id = envelope.id.as_str();
+            if claimed.contains(id) && first.get(id) == Some(&i) {
+                Claim::New
+            } else {
+                Claim::Duplicate
+            }
+        })
+        .collect())
+}
+
 /// Marks the claimed event applied; commits with its effects.
-pub async fn finish(
-    tx: &mut Transaction<'_, Postgres>,
-    event_id: &str,
-    applied: Applied,
-) -> Result<(), sqlx::Error> {
+pub async fn finish(tx: &mut Tx, event_id: &str, applied: Applied) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE stripe_events SET status = $2, processed_at = now(), last_error = NULL WHERE id = $1",
     )

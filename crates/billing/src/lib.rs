@@ -12,6 +12,7 @@
 //! Stripe's API (`reconcile`).
 
 pub mod account;
+pub mod acks;
 pub mod checkout_limit;
 pub mod config;
 pub mod consumer;

@@ -150,21 +150,27 @@ pub async fn drain(pool: &PgPool, publisher: &Publisher) -> Result<u64, RelayErr
             tx.commit().await?;
             return Ok(total);
         }
-        for (version, payload) in &rows {
-            let mut body = payload.clone();
-            body["version"] = json!(version);
-            let properties = BasicProperties::default()
-                .with_message_id(format!("entitlement-{version}").into())
-                .with_type("entitlement.changed".into())
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            let bytes = serde_json::to_vec(&body).expect("JSON values serialise");
-            // Rows published before a failure are published again later: consumers
-            // ignore versions they have seen.
-            publisher
-                .broadcast(ENTITLEMENT_CHANGES_EXCHANGE, "", &bytes, properties)
-                .await?;
-        }
+        let messages = rows
+            .iter()
+            .map(|(version, payload)| {
+                let mut body = payload.clone();
+                body["version"] = json!(version);
+                let properties = BasicProperties::default()
+                    .with_message_id(format!("entitlement-{version}").into())
+                    .with_type("entitlement.changed".into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                (
+                    serde_json::to_vec(&body).expect("JSON values serialise"),
+                    properties,
+                )
+            })
+            .collect();
+        // In version order, confirms in flight together. Rows published before a
+        // failure are published again later: consumers ignore versions they have seen.
+        publisher
+            .broadcast_in_order(ENTITLEMENT_CHANGES_EXCHANGE, messages)
+            .await?;
         let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
         sqlx::query("UPDATE entitlement_outbox SET published_at = now() WHERE id = ANY($1)")
             .bind(&ids)

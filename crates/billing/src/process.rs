@@ -9,6 +9,7 @@ use tollgate_stripe::{Fallback, Fetched, Refetcher};
 use tracing::Instrument;
 
 use crate::customers::Source;
+use crate::db::Tx;
 use crate::ledger::{self, Applied, Claim};
 use crate::refetch::{Handled, Refetch};
 
@@ -124,7 +125,7 @@ pub async fn apply_from(
             None => Refetch::Off,
             Some(result) => Refetch::Fetched(result.as_deref().ok()),
         };
-        let mut tx = pool.begin().await?;
+        let mut tx = Tx::begin(pool).await?;
         let outcome = match run_in(&mut tx, plans, refetch, event, attempt, source).await? {
             Ran::Done(outcome) => outcome,
             Ran::Refetch(ambiguity) => {
@@ -171,9 +172,29 @@ pub async fn apply_batch(
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].0.customer_key());
     let mut outcomes: Vec<Option<Outcome>> = (0..events.len()).map(|_| None).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = Tx::begin(pool).await?;
+    // Two statements for the whole batch: claim every event, then lock every stored
+    // customer the new ones are about (both in a fixed order).
+    let claims = {
+        let claiming: Vec<_> = events
+            .iter()
+            .map(|(event, attempt)| (&event.envelope, &event.payload, *attempt))
+            .collect();
+        ledger::claim_all(&mut tx, &claiming).await?
+    };
+    let mut customers: Vec<&str> = order
+        .iter()
+        .filter(|&&i| claims[i] == Claim::New)
+        .filter_map(|&i| events[i].0.customer_key())
+        .collect();
+    customers.dedup();
+    crate::customers::lock_existing(&mut tx, &customers).await?;
     for i in order {
-        let (event, attempt) = events[i];
+        let (event, _) = events[i];
+        if claims[i] == Claim::Duplicate {
+            outcomes[i] = Some(Outcome::Duplicate);
+            continue;
+        }
         let span = tracing::debug_span!("apply_event", event_id = %event.envelope.id,
                                         event_type = %event.envelope.event_type);
         let refetch = if refetcher.is_enabled() {
@@ -181,7 +202,7 @@ pub async fn apply_batch(
         } else {
             Refetch::Off
         };
-        let handled = run_in(&mut tx, plans, refetch, event, attempt, Source::Webhook)
+        let handled = handle_claimed(&mut tx, plans, refetch, event, Source::Webhook)
             .instrument(span)
             .await?;
         outcomes[i] = Some(match handled {
@@ -223,7 +244,7 @@ enum Ran {
 /// nothing (the claim's upsert matched no row), so it needs no rollback, even in
 /// a batch; a handler that asks for a refetch leaves the rollback to the caller.
 async fn run_in(
-    tx: &mut crate::customers::Tx,
+    tx: &mut Tx,
     plans: &Plans,
     refetch: Refetch<'_>,
     event: &Decoded,
@@ -233,6 +254,17 @@ async fn run_in(
     if ledger::claim(tx, &event.envelope, &event.payload, attempt).await? == Claim::Duplicate {
         return Ok(Ran::Done(Outcome::Duplicate));
     }
+    handle_claimed(tx, plans, refetch, event, source).await
+}
+
+/// A claimed event's handler, inside `tx`.
+async fn handle_claimed(
+    tx: &mut Tx,
+    plans: &Plans,
+    refetch: Refetch<'_>,
+    event: &Decoded,
+    source: Source,
+) -> Result<Ran, ProcessError> {
     let handled =
         crate::handlers::apply(tx, plans, refetch, &event.envelope, &event.payload, source).await?;
     let applied = match handled {

@@ -167,6 +167,75 @@ impl Publisher {
             .await
     }
 
+    /// Broadcasts several messages on one channel, so they reach the queues in
+    /// this order, with their confirms in flight together (one round of waiting,
+    /// not one per message). `Ok` when every one was confirmed; on an error some
+    /// may have been delivered, so callers must tolerate publishing them again.
+    pub async fn broadcast_in_order(
+        &self,
+        exchange: &str,
+        messages: Vec<(Vec<u8>, BasicProperties)>,
+    ) -> Result<(), PublishError> {
+        let session = self
+            .inner
+            .session
+            .borrow()
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        if !session.connection.status().connected() {
+            self.mark_broken(&session);
+            return Err(PublishError::NotConnected);
+        }
+        let started = Instant::now();
+        let channel = session.channel();
+        let mut confirms = Vec::with_capacity(messages.len());
+        let mut result = Ok(());
+        for (payload, properties) in messages {
+            match channel
+                .basic_publish(
+                    exchange.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    properties,
+                )
+                .await
+            {
+                Ok(confirm) => confirms.push(confirm),
+                Err(e) => {
+                    result = Err(PublishError::Connection(e));
+                    break;
+                }
+            }
+        }
+        let timeout = self.inner.config.confirm_timeout;
+        let all = futures_util::future::join_all(confirms);
+        if result.is_ok() {
+            result = match tokio::time::timeout(timeout, all).await {
+                Err(_) => Err(PublishError::ConfirmTimeout(timeout)),
+                Ok(confirmations) => confirmations
+                    .into_iter()
+                    .map(|c| match c {
+                        Err(e) => Err(PublishError::Connection(e)),
+                        Ok(Confirmation::Ack(_)) => Ok(()),
+                        Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
+                        Ok(Confirmation::NotRequested) => Err(PublishError::NotConfirmed),
+                    })
+                    .collect(),
+            };
+        }
+        metrics::histogram!("tollgate_broker_publish_confirm_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            metrics::counter!("tollgate_broker_publish_failures_total", "reason" => error.reason())
+                .increment(1);
+            if matches!(error, PublishError::Connection(_)) {
+                self.mark_broken(&session);
+            }
+        }
+        result
+    }
+
     async fn publish_confirmed(
         &self,
         exchange: &str,
