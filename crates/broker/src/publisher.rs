@@ -213,15 +213,12 @@ impl Publisher {
         if result.is_ok() {
             result = match tokio::time::timeout(timeout, all).await {
                 Err(_) => Err(PublishError::ConfirmTimeout(timeout)),
-                Ok(confirmations) => confirmations
-                    .into_iter()
-                    .map(|c| match c {
-                        Err(e) => Err(PublishError::Connection(e)),
-                        Ok(Confirmation::Ack(_)) => Ok(()),
-                        Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
-                        Ok(Confirmation::NotRequested) => Err(PublishError::NotConfirmed),
-                    })
-                    .collect(),
+                Ok(confirmations) => confirmations.into_iter().try_for_each(|c| match c {
+                    Err(e) => Err(PublishError::Connection(e)),
+                    Ok(Confirmation::Ack(_)) => Ok(()),
+                    Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
+                    Ok(Confirmation::NotRequested) => Err(PublishError::NotConfirmed),
+                }),
             };
         }
         metrics::histogram!("tollgate_broker_publish_confirm_seconds")
