@@ -1,5 +1,7 @@
 //! Customer rows: the per-customer lock, linking users, and derived access.
 
+use std::sync::LazyLock;
+
 use tollgate_plans::Plans;
 
 use crate::process::ProcessError;
@@ -130,17 +132,22 @@ pub async fn recompute_after_event(
     envelope: &tollgate_events::EventEnvelope,
     source: Source,
 ) -> Result<(), ProcessError> {
-    let trigger = Trigger {
-        source: source.trigger_source(),
-        stripe_event_id: Some(&envelope.id),
-    };
-    recompute_access(tx, plans, customer_id, trigger).await
+    recompute_access(tx, plans, customer_id, Trigger::event(envelope, source)).await
 }
 
 /// What triggered an access recomputation (written to the audit log).
 pub struct Trigger<'a> {
     pub source: &'static str,
     pub stripe_event_id: Option<&'a str>,
+}
+
+impl<'a> Trigger<'a> {
+    pub fn event(envelope: &'a tollgate_events::EventEnvelope, source: Source) -> Self {
+        Self {
+            source: source.trigger_source(),
+            stripe_event_id: Some(&envelope.id),
+        }
+    }
 }
 
 /// Access, derived from the customer's stored subscriptions: the best granting
@@ -153,15 +160,37 @@ pub async fn recompute_access(
     customer_id: uuid::Uuid,
     trigger: Trigger<'_>,
 ) -> Result<(), ProcessError> {
-    // One round trip: the customer's current state and, per subscription, its
-    // status, tier and whether its payment is failing (an attempted, unpaid
-    // invoice newer than its last paid one).
-    let state: CustomerAccessState = sqlx::query_as(
+    let state: AccessInputs = sqlx::query_as(ACCESS_INPUTS.as_str())
+        .bind(customer_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    settle_access(tx, plans, customer_id, state, trigger).await
+}
+
+/// The access inputs of the customer `$1`, over its stored subscriptions.
+static ACCESS_INPUTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH customer_subscriptions AS (
+             SELECT s.stripe_subscription_id, s.status, s.tier
+               FROM subscriptions s JOIN customers c ON c.stripe_customer_id = s.stripe_customer_id
+              WHERE c.id = $1)
+         {}",
+        access_inputs_over("$1")
+    )
+});
+
+/// The SELECT that reads a customer's access inputs in one round trip: the current
+/// access and, per subscription, its status, tier and whether its payment is failing
+/// (an attempted, unpaid invoice newer than its last paid one). The subscriptions
+/// come from a CTE named `customer_subscriptions` (stripe_subscription_id, status,
+/// tier), so a statement that has just written one can read them as it left them.
+pub fn access_inputs_over(customer_id_param: &str) -> String {
+    format!(
         "SELECT c.access_status, c.tier,
                 EXISTS (SELECT 1 FROM disputes d WHERE d.customer_id = c.id
                                  AND d.status NOT IN ('won', 'warning_closed')) AS disputed,
-                COALESCE(s.statuses, '{}') AS statuses, COALESCE(s.tiers, '{}') AS tiers,
-                COALESCE(s.failing, '{}') AS failing
+                COALESCE(s.statuses, '{{}}') AS statuses, COALESCE(s.tiers, '{{}}') AS tiers,
+                COALESCE(s.failing, '{{}}') AS failing
            FROM customers c
            LEFT JOIN LATERAL (
                SELECT array_agg(s.status) AS statuses, array_agg(s.tier) AS tiers,
@@ -173,12 +202,20 @@ pub async fn recompute_access(
                                  (SELECT max(p.invoice_created) FROM invoices p
                                    WHERE p.stripe_subscription_id = s.stripe_subscription_id
                                      AND p.status = 'paid'), 0))) AS failing
-                 FROM subscriptions s WHERE s.stripe_customer_id = c.stripe_customer_id) s ON true
-          WHERE c.id = $1",
+                 FROM customer_subscriptions s) s ON true
+          WHERE c.id = {customer_id_param}"
     )
-    .bind(customer_id)
-    .fetch_one(&mut **tx)
-    .await?;
+}
+
+/// Derives access from `state` (read in this transaction, under the customer's
+/// lock) and writes it, with its audit row and announcement, when it changed.
+pub async fn settle_access(
+    tx: &mut Tx,
+    plans: &Plans,
+    customer_id: uuid::Uuid,
+    state: AccessInputs,
+    trigger: Trigger<'_>,
+) -> Result<(), ProcessError> {
     let subscriptions: Vec<(String, String, bool)> = state
         .statuses
         .into_iter()
@@ -210,8 +247,9 @@ pub async fn recompute_access(
     .await
 }
 
+/// What access is derived from (`access_inputs_over`).
 #[derive(sqlx::FromRow)]
-struct CustomerAccessState {
+pub struct AccessInputs {
     access_status: String,
     tier: Option<String>,
     disputed: bool,

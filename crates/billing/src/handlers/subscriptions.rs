@@ -1,5 +1,7 @@
 //! `customer.subscription.*`: store the snapshot if it is the latest, then derive access.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use tollgate_events::EventEnvelope;
 use tollgate_plans::Plans;
@@ -150,7 +152,7 @@ pub async fn snapshot(
         Settled::Write(row, key) => (row, key),
         Settled::Refetch(ambiguity) => return Ok(Handled::Refetch(ambiguity)),
     };
-    write(tx, &subscription.id, &row, &key).await?;
+    let access = write(tx, &subscription.id, &row, &key, customer_id).await?;
     let stored = StoredSnapshot {
         envelope,
         payload,
@@ -159,7 +161,8 @@ pub async fn snapshot(
         tier: &event_tier,
     };
     record_change(tx, plans, &stored).await?;
-    customers::recompute_after_event(tx, plans, customer_id, envelope, source).await?;
+    let trigger = customers::Trigger::event(envelope, source);
+    customers::settle_access(tx, plans, customer_id, access, trigger).await?;
     queue_email(tx, plans, &stored).await?;
     Ok(Applied::Processed.into())
 }
@@ -178,59 +181,79 @@ async fn stored(tx: &mut Tx, subscription_id: &str) -> Result<Option<Stored>, Pr
 
 /// Stores the row if its key is the greatest: a greater (created, rank), or the same
 /// (created, rank) and either a refetched snapshot (which settles its tie) or a greater
-/// event id over a snapshot that was not refetched (docs/billing-state.md).
+/// event id over a snapshot that was not refetched (docs/billing-state.md). In the same
+/// statement, reads the customer's access inputs as the write left them.
 async fn write(
     tx: &mut Tx,
     subscription_id: &str,
     row: &SubscriptionRow,
     key: &SnapshotKey,
-) -> Result<(), ProcessError> {
-    sqlx::query(
-        "INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, status, price_id, product_id, tier, plan,
-                                    billing_interval, current_period_start, current_period_end, cancel_at_period_end,
-                                    canceled_at, ended_at, trial_end, snapshot_created, snapshot_rank, snapshot_event_id,
-                                    snapshot_refetched_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-         ON CONFLICT (stripe_subscription_id) DO UPDATE SET
-             stripe_customer_id = EXCLUDED.stripe_customer_id, status = EXCLUDED.status,
-             price_id = EXCLUDED.price_id, product_id = EXCLUDED.product_id, tier = EXCLUDED.tier,
-             plan = EXCLUDED.plan, billing_interval = EXCLUDED.billing_interval,
-             current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
-             cancel_at_period_end = EXCLUDED.cancel_at_period_end, canceled_at = EXCLUDED.canceled_at,
-             ended_at = EXCLUDED.ended_at, trial_end = EXCLUDED.trial_end,
-             snapshot_created = EXCLUDED.snapshot_created, snapshot_rank = EXCLUDED.snapshot_rank,
-             snapshot_event_id = EXCLUDED.snapshot_event_id,
-             snapshot_refetched_at = EXCLUDED.snapshot_refetched_at, updated_at = now()
-           WHERE (subscriptions.snapshot_created, subscriptions.snapshot_rank)
-                   < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank)
-              OR ((subscriptions.snapshot_created, subscriptions.snapshot_rank)
-                   = (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank)
-                  AND (EXCLUDED.snapshot_refetched_at IS NOT NULL
-                       OR (subscriptions.snapshot_refetched_at IS NULL
-                           AND subscriptions.snapshot_event_id < EXCLUDED.snapshot_event_id)))",
-    )
-    .bind(subscription_id)
-    .bind(&row.stripe_customer_id)
-    .bind(&row.status)
-    .bind(&row.price_id)
-    .bind(&row.product_id)
-    .bind(&row.tier)
-    .bind(&row.plan)
-    .bind(&row.billing_interval)
-    .bind(row.current_period_start)
-    .bind(row.current_period_end)
-    .bind(row.cancel_at_period_end)
-    .bind(row.canceled_at)
-    .bind(row.ended_at)
-    .bind(row.trial_end)
-    .bind(key.snapshot_created)
-    .bind(key.snapshot_rank)
-    .bind(&key.snapshot_event_id)
-    .bind(key.snapshot_refetched_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    customer_id: uuid::Uuid,
+) -> Result<customers::AccessInputs, ProcessError> {
+    Ok(sqlx::query_as(WRITE_AND_READ_ACCESS.as_str())
+        .bind(subscription_id)
+        .bind(&row.stripe_customer_id)
+        .bind(&row.status)
+        .bind(&row.price_id)
+        .bind(&row.product_id)
+        .bind(&row.tier)
+        .bind(&row.plan)
+        .bind(&row.billing_interval)
+        .bind(row.current_period_start)
+        .bind(row.current_period_end)
+        .bind(row.cancel_at_period_end)
+        .bind(row.canceled_at)
+        .bind(row.ended_at)
+        .bind(row.trial_end)
+        .bind(key.snapshot_created)
+        .bind(key.snapshot_rank)
+        .bind(&key.snapshot_event_id)
+        .bind(key.snapshot_refetched_at)
+        .bind(customer_id)
+        .fetch_one(&mut **tx)
+        .await?)
 }
+
+/// The gated upsert, then the access inputs over the customer's subscriptions with
+/// this one as the upsert left it (a statement does not see its own writes, so the
+/// written row comes from RETURNING and its older version is left out).
+static WRITE_AND_READ_ACCESS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH written AS (
+             INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, status, price_id, product_id, tier, plan,
+                                        billing_interval, current_period_start, current_period_end, cancel_at_period_end,
+                                        canceled_at, ended_at, trial_end, snapshot_created, snapshot_rank, snapshot_event_id,
+                                        snapshot_refetched_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             ON CONFLICT (stripe_subscription_id) DO UPDATE SET
+                 stripe_customer_id = EXCLUDED.stripe_customer_id, status = EXCLUDED.status,
+                 price_id = EXCLUDED.price_id, product_id = EXCLUDED.product_id, tier = EXCLUDED.tier,
+                 plan = EXCLUDED.plan, billing_interval = EXCLUDED.billing_interval,
+                 current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+                 cancel_at_period_end = EXCLUDED.cancel_at_period_end, canceled_at = EXCLUDED.canceled_at,
+                 ended_at = EXCLUDED.ended_at, trial_end = EXCLUDED.trial_end,
+                 snapshot_created = EXCLUDED.snapshot_created, snapshot_rank = EXCLUDED.snapshot_rank,
+                 snapshot_event_id = EXCLUDED.snapshot_event_id,
+                 snapshot_refetched_at = EXCLUDED.snapshot_refetched_at, updated_at = now()
+               WHERE (subscriptions.snapshot_created, subscriptions.snapshot_rank)
+                       < (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank)
+                  OR ((subscriptions.snapshot_created, subscriptions.snapshot_rank)
+                       = (EXCLUDED.snapshot_created, EXCLUDED.snapshot_rank)
+                      AND (EXCLUDED.snapshot_refetched_at IS NOT NULL
+                           OR (subscriptions.snapshot_refetched_at IS NULL
+                               AND subscriptions.snapshot_event_id < EXCLUDED.snapshot_event_id)))
+             RETURNING stripe_subscription_id, status, tier),
+         customer_subscriptions AS (
+             SELECT stripe_subscription_id, status, tier FROM written
+             UNION ALL
+             SELECT s.stripe_subscription_id, s.status, s.tier
+               FROM subscriptions s JOIN customers c ON c.stripe_customer_id = s.stripe_customer_id
+              WHERE c.id = $19
+                AND NOT EXISTS (SELECT 1 FROM written w WHERE w.stripe_subscription_id = s.stripe_subscription_id))
+         {}",
+        customers::access_inputs_over("$19")
+    )
+});
 
 /// A snapshot just stored (or gated), for what follows from it.
 struct StoredSnapshot<'a> {
