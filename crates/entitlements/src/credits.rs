@@ -484,39 +484,40 @@ async fn apply_batch(
         .execute(&mut *tx)
         .await?;
     }
-    let inserted = sqlx::query(
-        "INSERT INTO credit_ledger (customer_id, delta, reason, idempotency_key)
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[])
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )
-    .bind(&ledger_customers)
-    .bind(&deltas)
-    .bind(&reasons)
-    .bind(&entry_keys)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted != batch.ledger.len() as u64 {
-        // Someone wrote one of our keys without the balance lock: apply nothing.
-        return Err(sqlx::Error::Protocol(
-            "credit ledger key written concurrently; batch rolled back".into(),
-        ));
-    }
     let (ids, new_balances): (Vec<Uuid>, Vec<i64>) = batch
         .balances
         .iter()
         .filter(|(id, _)| batch.ledger.iter().any(|(c, ..)| c == *id))
         .map(|(id, b)| (*id, *b))
         .unzip();
-    sqlx::query(
-        "INSERT INTO credit_balances (customer_id, balance)
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[])
-         ON CONFLICT (customer_id) DO UPDATE SET balance = EXCLUDED.balance, updated_at = now()",
+    // The ledger rows and the balances they lead to, in one round trip.
+    let inserted: i64 = sqlx::query_scalar(
+        "WITH entries AS (
+             INSERT INTO credit_ledger (customer_id, delta, reason, idempotency_key)
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[])
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING 1),
+         balances AS (
+             INSERT INTO credit_balances (customer_id, balance)
+             SELECT * FROM UNNEST($5::uuid[], $6::bigint[])
+             ON CONFLICT (customer_id) DO UPDATE SET balance = EXCLUDED.balance, updated_at = now())
+         SELECT count(*) FROM entries",
     )
+    .bind(&ledger_customers)
+    .bind(&deltas)
+    .bind(&reasons)
+    .bind(&entry_keys)
     .bind(&ids)
     .bind(&new_balances)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    if inserted != batch.ledger.len() as i64 {
+        // Someone wrote one of our keys without the balance lock: apply nothing
+        // (the transaction rolls back when dropped).
+        return Err(sqlx::Error::Protocol(
+            "credit ledger key written concurrently; batch rolled back".into(),
+        ));
+    }
     tx.commit().await?;
     Ok(outcomes)
 }

@@ -192,7 +192,7 @@ impl TestApp {
     /// Changes a customer's access the way billing does: in one transaction with
     /// an outbox entry (`tollgate_billing::outbox::emit`), relayed to the feed.
     pub async fn change(&self, customer: Uuid, status: &str, tier: &str) {
-        let mut tx = self.pool.begin().await.unwrap();
+        let mut tx = tollgate_billing::db::Tx::begin(&self.pool).await.unwrap();
         sqlx::query("UPDATE customers SET access_status = $2, tier = $3 WHERE id = $1")
             .bind(customer)
             .bind(status)
