@@ -243,7 +243,34 @@ def references(overlay: str, docs: list[dict]) -> set[str]:
         selected = [p for p in policies if p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()]
         check(bool(selected) or doc["kind"] in ("Job", "CronJob"), f"{overlay}: {doc['kind']}/{doc['metadata']['name']} has its own NetworkPolicy")
     check("default-deny-all" in by_kind.get("NetworkPolicy", {}), f"{overlay}: default-deny NetworkPolicy present")
+    check_phases(overlay, docs, by_kind)
     return secrets_used
+
+
+def check_phases(overlay: str, docs: list[dict], by_kind) -> None:
+    """The README deploys in phases (`kubectl apply -k … -l tollgate/deploy-phase=data`,
+    then `=migrate`, then everything): what a phase's workloads need must be in that phase
+    or an earlier one, or the migration Job would wait forever for a missing object."""
+    order = {"data": 0, "migrate": 1}
+
+    def phase(kind: str, name: str):
+        obj = by_kind.get(kind, {}).get(name)
+        return None if obj is None else order.get(obj["metadata"].get("labels", {}).get("tollgate/deploy-phase"))
+
+    check(("Job", "tollgate-migrate") in {(d["kind"], d["metadata"]["name"]) for d in docs} and phase("Job", "tollgate-migrate") == 1, f"{overlay}: migration Job is in the migrate phase")
+    for doc in docs:
+        mine = order.get(doc["metadata"].get("labels", {}).get("tollgate/deploy-phase"))
+        if mine is None:
+            continue
+        for template in pod_specs(doc):
+            spec = template["spec"]
+            needs = [("ServiceAccount", spec.get("serviceAccountName"))]
+            needs += [("ConfigMap", v["configMap"]["name"]) for v in spec.get("volumes", []) if "configMap" in v]
+            for c in spec["containers"]:
+                needs += [("ConfigMap", e["configMapRef"]["name"]) for e in c.get("envFrom", []) if "configMapRef" in e]
+            for kind, name in needs:
+                theirs = phase(kind, name)
+                check(theirs is not None and theirs <= mine, f"{overlay}: {doc['kind']}/{doc['metadata']['name']} finds {kind}/{name} applied in its phase")
 
 
 # --- metrics --------------------------------------------------------------------------
