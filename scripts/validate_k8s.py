@@ -47,6 +47,7 @@ EXTERNAL_METRIC_PREFIXES = ("rabbitmq_", "kube_", "up")
 COPIES = {
     "k8s/base/files/plans.toml": "config/plans.toml",
     "k8s/base/files/backup.sh": "scripts/backup.sh",
+    "k8s/base/files/restore.sh": "scripts/restore.sh",
 }
 
 failures: list[str] = []
