@@ -361,6 +361,31 @@ def check_dockerfile() -> None:
     check(re.search(r"^USER 10001:10001$", text, re.M) is not None, "runtime image runs as a numeric non-root user")
 
 
+def check_docker_context() -> None:
+    """Every file a binary embeds at compile time (include_str!/include_bytes!, sqlx's
+    migrate!) must be in the image build context that .dockerignore leaves."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rules.append((line.startswith("!"), line.lstrip("!").rstrip("/")))
+
+    def included(rel: str) -> bool:
+        keep = True
+        for negated, pattern in rules:
+            regex = "^" + re.escape(pattern).replace(r"\*\*", ".*").replace(r"\*", "[^/]*") + "(/.*)?$"
+            if re.match(regex, rel):
+                keep = negated
+        return keep
+
+    macro = re.compile(r'(?:include_str|include_bytes)!\(\s*(?:concat!\(\s*)?"([^"]+)"|migrate!\(\s*"([^"]+)"')
+    for source in sorted(ROOT.glob("crates/*/src/**/*.rs")):
+        for match in macro.finditer(source.read_text()):
+            target = (source.parent / (match.group(1) or match.group(2))).resolve()
+            rel = target.relative_to(ROOT).as_posix()
+            check(included(rel), f"image build context has {rel}", f"embedded by {source.relative_to(ROOT)}: add it to .dockerignore")
+
+
 def checkov(files: list[Path]) -> None:
     args = [venv_bin("checkov"), "--config-file", str(K8S / ".checkov.yaml"), "-o", "json"]
     for path in files:
@@ -426,6 +451,7 @@ def main() -> int:
     before = passes
     check_compose()
     check_dockerfile()
+    check_docker_context()
     print(f"  {passes - before} checks passed")
 
     section("checkov (best practices)")
