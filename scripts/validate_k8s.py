@@ -318,7 +318,22 @@ def check_alerts(rules: dict) -> None:
             runbook = rule.get("annotations", {}).get("runbook", "")
             anchor = runbook.split("#", 1)[-1]
             check(runbook.startswith("docs/operations.md#") and anchor in anchors, f"alert {name} has a runbook", f"{runbook} not a heading of docs/operations.md")
-            check(rule["expr"].count("(") == rule["expr"].count(")"), f"alert {name} expression is balanced")
+
+
+def check_promql(rules: dict, dashboard: dict) -> None:
+    expressions = [(f"alert {r['alert']}", r["expr"]) for g in rules["spec"]["groups"] for r in g["rules"]]
+    expressions += [
+        (f"dashboard '{p['title']}' {t['refId']}", t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])
+    ]
+    result = subprocess.run(
+        ["node", str(ROOT / "scripts/promql-check.cjs")], input=json.dumps(expressions), capture_output=True, text=True
+    )
+    if result.returncode not in (0, 1):
+        check(False, "PromQL parser ran", result.stderr.strip()[-300:])
+        return
+    bad = {line.split(":", 1)[0]: line for line in result.stdout.splitlines() if line}
+    for name, _ in expressions:
+        check(name not in bad, f"{name} is valid PromQL", bad.get(name, ""))
 
 
 def check_dashboard(dashboard: dict) -> None:
@@ -329,8 +344,6 @@ def check_dashboard(dashboard: dict) -> None:
         if panel["type"] == "row":
             continue
         check(bool(panel.get("targets")) and all(t.get("expr") for t in panel["targets"]), f"dashboard panel '{panel['title']}' has queries")
-        for target in panel["targets"]:
-            check(target["expr"].count("(") == target["expr"].count(")"), f"dashboard panel '{panel['title']}' query is balanced")
 
 
 # --- containers -----------------------------------------------------------------------
@@ -444,6 +457,7 @@ def main() -> int:
     check_alerts(rules)
     check_dashboard(dashboard)
     check_metrics(rules, dashboard)
+    check_promql(rules, dashboard)
     alerts = sum(len(g["rules"]) for g in rules["spec"]["groups"])
     print(f"  {alerts} alerts, {len(dashboard['panels'])} dashboard panels; {passes - before} checks passed")
 
