@@ -248,6 +248,19 @@ def references(overlay: str, docs: list[dict]) -> set[str]:
     return secrets_used
 
 
+def warn_unread_settings() -> None:
+    """A setting no crate reads is a typo or a leftover: say so (a warning, since a
+    service may land after its configuration)."""
+    read = set()
+    for path in ROOT.glob("crates/*/src/**/*.rs"):
+        read.update(re.findall(r'"([A-Z][A-Z0-9_]+)"', path.read_text()))
+    for env_file in sorted((K8S / "base/config").glob("*.env")):
+        for line in env_file.read_text().splitlines():
+            name = line.split("=", 1)[0].strip()
+            if name and not name.startswith("#") and name not in read:
+                print(f"  WARN {env_file.relative_to(ROOT)}: {name} is read by no crate (typo, or its service has not landed yet)")
+
+
 def check_phases(overlay: str, docs: list[dict], by_kind) -> None:
     """The README deploys in phases (`kubectl apply -k … -l tollgate/deploy-phase=data`,
     then `=migrate`, then everything): what a phase's workloads need must be in that phase
@@ -449,6 +462,8 @@ def main() -> int:
             by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
             check(by[("Cluster", "tollgate-postgres")]["spec"]["instances"] == 3, "prod: PostgreSQL runs 3 instances")
             check(by[("RabbitmqCluster", "tollgate-rabbitmq")]["spec"]["replicas"] == 3, "prod: RabbitMQ runs 3 nodes")
+
+    warn_unread_settings()
 
     section("alerts and dashboard")
     rules = yaml.safe_load((K8S / "base/monitoring/alerts.yaml").read_text())
