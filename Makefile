@@ -16,12 +16,13 @@ export ENTITLEMENTS_ADDR ?= 127.0.0.1:50051
 export ENTITLEMENTS_SERVICE_TOKENS ?= local-development-token-only
 export LOG_FORMAT ?= text
 
-.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger
+.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger validate-k8s
 
 help:
 	@echo "make run           bring up PostgreSQL, RabbitMQ, Redis and run the stack in the foreground"
 	@echo "make test          every test (sets up what it needs)"
 	@echo "make lint          rustfmt check and clippy -D warnings"
+	@echo "make validate-k8s  render and check k8s/ and deploy/ offline (part of make test)"
 	@echo "make bench-ingest  ingest throughput against the raw broker publish-confirm rate"
 	@echo "make bench-billing events applied per second against a pgbench baseline"
 	@echo "make bench-entitlements  Check vs a bare tonic echo and a PostgreSQL query; revocation latency; credits/s"
@@ -38,6 +39,9 @@ run: services build
 
 test: services
 	@scripts/test.sh
+
+validate-k8s:
+	@scripts/validate-k8s.sh
 
 lint:
 	$(CARGO) fmt --all --check

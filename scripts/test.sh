@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
-# Python tools the tests run (aiosmtpd, the SMTP sink); quiet when installed.
+# Python tools the tests run (aiosmtpd, the SMTP sink; the k8s validators); quiet when installed.
 scripts/python-tools.sh
+# The deployment files (k8s/, deploy/), offline: render, schemas, checkov.
+scripts/validate-k8s.sh
 cargo test --workspace --all-targets --no-fail-fast "$@"
