@@ -209,9 +209,8 @@ impl Responder {
             Some(asked) => match self.plan_key(&asked) {
                 Some(key) => key,
                 None => {
-                    let names: Vec<&str> = self
-                        .plans
-                        .prices_for_sale()
+                    let names: Vec<&str> = plans_for_sale(&self.plans)
+                        .iter()
                         .map(|p| p.plan.as_str())
                         .collect();
                     return Ok(Draft::answered(format!(
@@ -377,6 +376,18 @@ impl Responder {
     }
 }
 
+/// The plans a checkout sells, cheapest tier first (by tier rank, then key).
+pub fn plans_for_sale(plans: &Plans) -> Vec<&tollgate_plans::Price> {
+    let mut prices: Vec<_> = plans.prices_for_sale().collect();
+    prices.sort_by_key(|p| {
+        (
+            plans.tier(&p.tier).map_or(u32::MAX, |t| t.rank),
+            p.key.clone(),
+        )
+    });
+    prices
+}
+
 fn tier_name(state: &pb::GetEntitlementsResponse) -> &str {
     if state.tier_name.is_empty() {
         &state.tier
@@ -483,7 +494,7 @@ fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -181,8 +181,8 @@ pub struct Turn {
     pub session: String,
     /// The response id (ES `responseId`, CX `detectIntentResponseId`).
     pub response_id: String,
-    /// What names the answer, in order: ES action then intent display name; CX tag
-    /// then the matched intent's display name.
+    /// What names the answer, in order: ES action then intent display name; the CX
+    /// tag (the matched intent's display name only when there is no tag).
     pub names: Vec<String>,
     pub user: Option<UserRef>,
     /// The turn's parameters (ES `queryResult.parameters`, CX `sessionInfo.parameters`).
@@ -236,17 +236,34 @@ fn whole(value: f64) -> Option<u64> {
 }
 
 /// A user id from a `Struct` value: a non-empty string, or a whole number (`42.0`).
+/// Longest user id or email taken (entitlements refuses subjects over 320 bytes).
+const MAX_USER_LEN: usize = 254;
+
+fn plausible(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_USER_LEN && !s.chars().any(char::is_control)
+}
+
 fn user_id(value: &Value) -> Option<String> {
     match value {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::String(s) if plausible(s.trim()) => Some(s.trim().to_string()),
         Value::Number(n) => n.as_f64().and_then(whole).map(|n| n.to_string()),
         _ => None,
     }
 }
 
+/// An address shaped like `local@domain.tld`; anything else is not a user.
 fn email(value: &Value) -> Option<String> {
     match value {
-        Value::String(s) if s.contains('@') => Some(s.trim().to_string()),
+        Value::String(s) => {
+            let s = s.trim();
+            let (local, domain) = s.split_once('@')?;
+            (plausible(s)
+                && !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.'))
+            .then(|| s.to_string())
+        }
         Value::Array(items) => items.iter().find_map(email),
         _ => None,
     }
@@ -271,6 +288,35 @@ fn user_in_payload(payload: &Map<String, Value>) -> Option<UserRef> {
         .or_else(|| user_in(payload))
 }
 
+/// The message-typed fields fulfillment reads (JSON pointers). serde would also
+/// accept a struct written as an array, which proto3 JSON never does.
+const ES_MESSAGES: &[&str] = &[
+    "/queryResult",
+    "/queryResult/intent",
+    "/originalDetectIntentRequest",
+];
+const CX_MESSAGES: &[&str] = &["/fulfillmentInfo", "/intentInfo", "/sessionInfo"];
+
+fn messages_are_objects(
+    value: &Value,
+    flavor: Flavor,
+    pointers: &[&str],
+) -> Result<(), ParseError> {
+    for pointer in pointers {
+        match value.pointer(pointer) {
+            None | Some(Value::Null | Value::Object(_)) => {}
+            Some(_) => {
+                let field = pointer.trim_start_matches('/').replace('/', ".");
+                return Err(ParseError::Invalid {
+                    flavor,
+                    source: serde::de::Error::custom(format!("`{field}` must be an object")),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses a webhook body, telling ES from CX by shape: ES requests carry
 /// `queryResult`, CX requests `fulfillmentInfo` / `sessionInfo` /
 /// `detectIntentResponseId`.
@@ -280,6 +326,7 @@ pub fn parse(body: &[u8]) -> Result<Turn, ParseError> {
         return Err(ParseError::Unrecognized);
     };
     if object.contains_key("queryResult") {
+        messages_are_objects(&value, Flavor::Es, ES_MESSAGES)?;
         let request: EsRequest =
             serde_json::from_value(value).map_err(|source| ParseError::Invalid {
                 flavor: Flavor::Es,
@@ -291,6 +338,7 @@ pub fn parse(body: &[u8]) -> Result<Turn, ParseError> {
         .iter()
         .any(|key| object.contains_key(*key))
     {
+        messages_are_objects(&value, Flavor::Cx, CX_MESSAGES)?;
         let request: CxRequest =
             serde_json::from_value(value).map_err(|source| ParseError::Invalid {
                 flavor: Flavor::Cx,
@@ -332,10 +380,12 @@ fn cx_turn(request: CxRequest) -> Turn {
         flavor: Flavor::Cx,
         session: request.session_info.session,
         response_id: request.detect_intent_response_id,
-        names: vec![
-            request.fulfillment_info.tag,
-            request.intent_info.display_name,
-        ],
+        // The tag is the agent's explicit choice; the intent only stands in without one.
+        names: if request.fulfillment_info.tag.trim().is_empty() {
+            vec![request.intent_info.display_name]
+        } else {
+            vec![request.fulfillment_info.tag]
+        },
         user,
         parameters: request.session_info.parameters,
         language_code: request.language_code,

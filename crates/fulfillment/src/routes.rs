@@ -48,7 +48,7 @@ pub async fn webhook(
             metrics::counter!("tollgate_fulfillment_requests_total",
                 "flavor" => *flavor, "intent" => *intent, "outcome" => *outcome)
             .increment(1);
-            record_duration(*outcome, elapsed);
+            record_duration(outcome, elapsed);
             tracing::info!("dialogflow turn answered");
         }
         Err(error) => {

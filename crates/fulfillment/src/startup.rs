@@ -33,10 +33,11 @@ impl Application {
                 })?;
                 key.clone()
             }
-            None => plans
-                .prices_for_sale()
-                .find_map(|p| p.key.clone())
-                .context("the plans file sells no plan (no price has a `key`): set FULFILLMENT_UPGRADE_PLAN")?,
+            // The first step up: the lowest-ranked tier for sale, then by key.
+            None => crate::answers::plans_for_sale(&plans)
+                .first()
+                .and_then(|p| p.key.clone())
+                .context("the plans file sells no plan (no price has a `key`)")?,
         };
         let entitlements = Entitlements::new(
             &config.entitlements_url,

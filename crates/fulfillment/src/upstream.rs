@@ -65,6 +65,25 @@ fn record(upstream: &'static str, call: &'static str, started: Instant, outcome:
     .record(started.elapsed().as_secs_f64());
 }
 
+/// A deadline passed: the call's own, or the connection attempt's (a server that
+/// accepts but never speaks fails the next call with the connect timeout).
+fn timed_out(status: &tonic::Status) -> bool {
+    // tonic's own deadline ends a call as CANCELLED "Timeout expired".
+    if status.code() == tonic::Code::DeadlineExceeded
+        || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
+    {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tokio::time::error::Elapsed>() || error.to_string().contains("timed out") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 #[derive(Clone)]
 pub struct Entitlements {
     client: EntitlementsClient<Channel>,
@@ -77,8 +96,10 @@ impl Entitlements {
     /// entitlements is still coming up.
     pub fn new(url: &str, token: &str, timeout: Duration) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(url.to_string())?
+            // Each call is bounded by its own deadline (`bounded`); a connection
+            // attempt that hangs is abandoned after the same time, so the channel
+            // retries rather than waiting forever.
             .connect_timeout(timeout)
-            .timeout(timeout)
             .connect_lazy();
         let authorization = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
             anyhow::anyhow!("FULFILLMENT_ENTITLEMENTS_TOKEN is not a valid header value")
@@ -109,9 +130,7 @@ impl Entitlements {
         let result = match tokio::time::timeout(limit, future).await {
             Err(_) => Err(UpstreamError::Timeout(limit)),
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
-                Err(UpstreamError::Timeout(limit))
-            }
+            Ok(Err(status)) if timed_out(&status) => Err(UpstreamError::Timeout(limit)),
             Ok(Err(status)) => Err(UpstreamError::Failed(format!(
                 "entitlements {call}: {:?} {}",
                 status.code(),
