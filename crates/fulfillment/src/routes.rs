@@ -49,7 +49,7 @@ pub async fn webhook(
                 "flavor" => *flavor, "intent" => *intent, "outcome" => *outcome)
             .increment(1);
             record_duration(outcome, elapsed);
-            tracing::info!("dialogflow turn answered");
+            tracing::info!("dialogflow turn");
         }
         Err(error) => {
             let code = error.code();
