@@ -69,8 +69,9 @@ struct EsQueryResult {
     parameters: Map<String, Value>,
     #[serde(default, deserialize_with = "nullable")]
     intent: EsIntent,
+    /// Kept whole: contexts are echoed back with ours (see `render`).
     #[serde(default, deserialize_with = "nullable")]
-    output_contexts: Vec<EsContextIn>,
+    output_contexts: Vec<Map<String, Value>>,
     #[serde(default, deserialize_with = "nullable")]
     language_code: String,
 }
@@ -80,13 +81,6 @@ struct EsQueryResult {
 struct EsIntent {
     #[serde(default, deserialize_with = "nullable")]
     display_name: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EsContextIn {
-    #[serde(default, deserialize_with = "nullable")]
-    parameters: Map<String, Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +184,8 @@ pub struct Turn {
     pub language_code: String,
     /// ES `originalDetectIntentRequest.source` (e.g. `telephony`), empty for CX.
     pub source: String,
+    /// ES: the active contexts other than ours, as received.
+    pub contexts: Vec<Value>,
 }
 
 impl Turn {
@@ -356,11 +352,24 @@ fn es_turn(request: EsRequest) -> Turn {
     let user = user_in_payload(&request.original_detect_intent_request.payload)
         .or_else(|| user_in(&query.parameters))
         .or_else(|| {
-            query
-                .output_contexts
-                .iter()
-                .find_map(|context| user_in(&context.parameters))
+            query.output_contexts.iter().find_map(|context| {
+                context
+                    .get("parameters")
+                    .and_then(Value::as_object)
+                    .and_then(user_in)
+            })
         });
+    let own = format!("/contexts/{CONTEXT}");
+    let contexts = query
+        .output_contexts
+        .into_iter()
+        .filter(|c| {
+            c.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.ends_with(&own))
+        })
+        .map(Value::Object)
+        .collect();
     Turn {
         flavor: Flavor::Es,
         session: request.session,
@@ -370,6 +379,7 @@ fn es_turn(request: EsRequest) -> Turn {
         parameters: query.parameters,
         language_code: query.language_code,
         source: request.original_detect_intent_request.source,
+        contexts,
     }
 }
 
@@ -390,6 +400,7 @@ fn cx_turn(request: CxRequest) -> Turn {
         parameters: request.session_info.parameters,
         language_code: request.language_code,
         source: String::new(),
+        contexts: Vec::new(),
     }
 }
 
@@ -415,7 +426,7 @@ struct EsResponse<'a> {
     source: &'a str,
     payload: Value,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    output_contexts: Vec<EsContextOut>,
+    output_contexts: Vec<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -475,14 +486,22 @@ pub fn render(turn: &Turn, answer: &Answer) -> Value {
     payload.insert("tollgate".into(), Value::Object(answer.payload.clone()));
     let rendered = match turn.flavor {
         Flavor::Es => {
+            // Output contexts in a webhook answer replace the session's active ones,
+            // so the received ones go back with ours; without parameters to carry,
+            // none are sent and Dialogflow keeps its own.
             let output_contexts = if answer.parameters.is_empty() || turn.session.is_empty() {
                 Vec::new()
             } else {
-                vec![EsContextOut {
-                    name: format!("{}/contexts/{CONTEXT}", turn.session),
-                    lifespan_count: CONTEXT_LIFESPAN,
-                    parameters: answer.parameters.clone(),
-                }]
+                let mut contexts = turn.contexts.clone();
+                contexts.push(
+                    serde_json::to_value(EsContextOut {
+                        name: format!("{}/contexts/{CONTEXT}", turn.session),
+                        lifespan_count: CONTEXT_LIFESPAN,
+                        parameters: answer.parameters.clone(),
+                    })
+                    .expect("plain structs serialise"),
+                );
+                contexts
             };
             serde_json::to_value(EsResponse {
                 fulfillment_text: &answer.text,
@@ -595,8 +614,12 @@ mod tests {
 
     #[test]
     fn renders_each_format() {
-        let es = parse_value(json!({"session": "projects/p/agent/sessions/s", "queryResult": {}}))
-            .unwrap();
+        let es = parse_value(json!({"session": "projects/p/agent/sessions/s", "queryResult": {
+            "outputContexts": [
+                {"name": "projects/p/agent/sessions/s/contexts/plan-chosen", "lifespanCount": 2, "parameters": {"plan": "pro"}},
+                {"name": "projects/p/agent/sessions/s/contexts/tollgate-billing", "lifespanCount": 1, "parameters": {"user_id": "old"}}
+            ]}}))
+        .unwrap();
         let mut parameters = Map::new();
         parameters.insert("user_id".into(), json!("u_1"));
         let answer = Answer {
@@ -611,8 +634,12 @@ mod tests {
                 "fulfillmentMessages": [{"text": {"text": ["Hello"]}}],
                 "source": "tollgate",
                 "payload": {"tollgate": {}},
-                "outputContexts": [{"name": "projects/p/agent/sessions/s/contexts/tollgate-billing",
-                                    "lifespanCount": 5, "parameters": {"user_id": "u_1"}}]
+                // Received contexts go back (ours replaced by the new one).
+                "outputContexts": [
+                    {"name": "projects/p/agent/sessions/s/contexts/plan-chosen", "lifespanCount": 2, "parameters": {"plan": "pro"}},
+                    {"name": "projects/p/agent/sessions/s/contexts/tollgate-billing",
+                     "lifespanCount": 5, "parameters": {"user_id": "u_1"}}
+                ]
             })
         );
         let cx = parse_value(

@@ -473,3 +473,18 @@ pub fn cx_text(answer: &Value) -> String {
         .expect("a text message")
         .to_string()
 }
+
+/// The parameters of fulfillment's own ES output context.
+pub fn own_context(answer: &Value) -> Value {
+    answer["outputContexts"]
+        .as_array()
+        .and_then(|contexts| {
+            contexts
+                .iter()
+                .find(|c| c["name"] == json!(format!("{ES_SESSION}/contexts/tollgate-billing")))
+        })
+        .map_or(Value::Null, |c| {
+            assert_eq!(c["lifespanCount"], 5, "{c}");
+            c["parameters"].clone()
+        })
+}

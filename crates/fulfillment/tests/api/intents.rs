@@ -57,11 +57,15 @@ async fn es_answers_every_intent_from_real_state() {
             "fulfillmentMessages": [{ "text": { "text": [ADA_STATUS] } }],
             "source": "tollgate",
             "payload": { "tollgate": { "intent": "billing.status", "outcome": "answered" } },
-            "outputContexts": [{
-                "name": format!("{ES_SESSION}/contexts/tollgate-billing"),
-                "lifespanCount": 5,
-                "parameters": { "user_id": "u_ada" }
-            }]
+            // The active contexts go back as received, with ours added.
+            "outputContexts": [
+                fixture("es-webhook-request.json")["queryResult"]["outputContexts"][0].clone(),
+                {
+                    "name": format!("{ES_SESSION}/contexts/tollgate-billing"),
+                    "lifespanCount": 5,
+                    "parameters": { "user_id": "u_ada" }
+                }
+            ]
         })
     );
 
@@ -113,7 +117,7 @@ async fn es_answers_every_intent_from_real_state() {
         format!("Here is your checkout link for Pro Plus monthly: {checkout}")
     );
     assert_eq!(
-        upgrade["outputContexts"][0]["parameters"],
+        own_context(&upgrade),
         json!({ "user_id": "u_ada", "checkout_url": checkout })
     );
     assert_eq!(
@@ -133,7 +137,7 @@ async fn es_answers_every_intent_from_real_state() {
         )
     );
     assert_eq!(
-        manage["outputContexts"][0]["parameters"],
+        own_context(&manage),
         json!({ "user_id": "u_ada", "portal_url": portal })
     );
 

@@ -29,10 +29,7 @@ async fn parameters_arrive_as_doubles() {
         es_text(&es),
         "You have 250 credits. That's not enough for 500: you need 250 more."
     );
-    assert_eq!(
-        es["outputContexts"][0]["parameters"],
-        json!({ "user_id": "1042" })
-    );
+    assert_eq!(own_context(&es), json!({ "user_id": "1042" }));
 
     let cx = app
         .ask(&cx_request(
