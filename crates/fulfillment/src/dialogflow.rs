@@ -181,6 +181,7 @@ pub struct Turn {
     pub user: Option<UserRef>,
     /// The turn's parameters (ES `queryResult.parameters`, CX `sessionInfo.parameters`).
     pub parameters: Map<String, Value>,
+    /// ES `queryResult.languageCode`, CX `languageCode` (answers are in English).
     pub language_code: String,
     /// ES `originalDetectIntentRequest.source` (e.g. `telephony`), empty for CX.
     pub source: String,

@@ -29,6 +29,7 @@ pub async fn webhook(
         flavor = tracing::field::Empty,
         session_id = tracing::field::Empty,
         response_id = tracing::field::Empty,
+        source = tracing::field::Empty,
         intent = tracing::field::Empty,
         answer = tracing::field::Empty,
         user_kind = tracing::field::Empty,
@@ -90,6 +91,9 @@ async fn handle(
     span.record("session_id", turn.session_id());
     span.record("response_id", turn.response_id.as_str());
     span.record("intent", turn.label());
+    if !turn.source.is_empty() {
+        span.record("source", turn.source.as_str());
+    }
     if let Some(user) = &turn.user {
         span.record("user_kind", user.kind());
         if let dialogflow::UserRef::UserId(id) = user {
