@@ -156,3 +156,59 @@ async fn unknown_and_missing_users_and_unknown_intents_get_helpful_answers() {
     billing.stop().await;
     entitlements.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_user_without_a_customer_is_known() {
+    let mut entitlements = Entitlements::start().await;
+    tollgate_entitlements::test_users::grant(
+        &entitlements.pool,
+        tollgate_entitlements::test_users::RuleKind::UserId,
+        "qa_tester",
+        Some("pro"),
+        chrono::Utc::now() + chrono::Duration::hours(1),
+        "ops",
+        "QA",
+    )
+    .await
+    .unwrap();
+    let app = Fulfillment::start(Options::new(entitlements.url(), None)).await;
+    let expected = "You don't have a subscription; you have test access to the Pro plan.";
+    // Entitlements loads the rule on its NOTIFY; until then the id is unknown.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let answer = app
+            .ask(&cx_request(
+                "billing.status",
+                json!({ "user_id": "qa_tester" }),
+            ))
+            .await;
+        if cx_text(&answer) == expected {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let features = app
+        .ask(&cx_request(
+            "billing.features",
+            json!({ "user_id": "qa_tester" }),
+        ))
+        .await;
+    assert_eq!(
+        cx_text(&features),
+        "With Pro you can: Call the API (quota per tier), Read the documentation, Export data as CSV and Download scripts."
+    );
+    // No customer, so no portal: the billing page instead.
+    let manage = app
+        .ask(&cx_request(
+            "billing.manage",
+            json!({ "user_id": "qa_tester" }),
+        ))
+        .await;
+    assert_eq!(
+        cx_text(&manage),
+        format!("You can manage your billing on your billing page: {BILLING_PAGE}")
+    );
+    app.stop().await;
+    entitlements.stop().await;
+}
