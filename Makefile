@@ -14,6 +14,10 @@ export STRIPE_WEBHOOK_SECRET ?= whsec_local_development_only
 export INGEST_ADDR ?= 127.0.0.1:8080
 export ENTITLEMENTS_ADDR ?= 127.0.0.1:50051
 export ENTITLEMENTS_SERVICE_TOKENS ?= local-development-token-only
+export FULFILLMENT_ADDR ?= 127.0.0.1:8083
+export FULFILLMENT_ENTITLEMENTS_URL ?= http://127.0.0.1:50051
+export FULFILLMENT_ENTITLEMENTS_TOKEN ?= local-development-token-only
+export FULFILLMENT_BASIC_AUTH ?= dialogflow:local-development-only
 export LOG_FORMAT ?= text
 
 .PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger validate-k8s

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${CARGO_TARGET_DIR:-$HOME/.cache/tollgate/target}/debug"
-services=(ingest billing entitlements)
+services=(ingest billing entitlements fulfillment)
 
 # Billing owns the schema: create the database if needed and migrate before anything runs.
 "$bin/billing" migrate
@@ -23,7 +23,8 @@ for service in "${services[@]}"; do
   pids+=("$!")
 done
 echo "run-local: ${services[*]} running; ingest at http://${INGEST_ADDR:-127.0.0.1:8080}/webhook," \
-  "entitlements (gRPC, gRPC-Web) at ${ENTITLEMENTS_ADDR:-127.0.0.1:50051} (Ctrl-C stops)" >&2
+  "entitlements (gRPC, gRPC-Web) at ${ENTITLEMENTS_ADDR:-127.0.0.1:50051}," \
+  "Dialogflow fulfillment at http://${FULFILLMENT_ADDR:-127.0.0.1:8083}/webhook (Ctrl-C stops)" >&2
 echo "run-local: try 'make trigger EVENT=invoice.paid' in another terminal" >&2
 # Stop everything as soon as any one service exits.
 wait -n
