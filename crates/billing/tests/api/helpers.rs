@@ -105,7 +105,10 @@ pub async fn spawn_api(options: Options) -> TestApi {
             "BILLING_API_SERVICE_TOKENS",
             format!("fulfillment:{SERVICE_TOKEN}"),
         ),
-        ("BILLING_API_ADMIN_TOKENS", format!("{ADMIN_ID}:{ADMIN_TOKEN}")),
+        (
+            "BILLING_API_ADMIN_TOKENS",
+            format!("{ADMIN_ID}:{ADMIN_TOKEN}"),
+        ),
         ("BILLING_API_JWT_HS256_SECRET", HS256_SECRET.to_string()),
         ("BILLING_API_CORS_ORIGINS", ORIGIN.to_string()),
         ("BILLING_API_RATE_LIMIT", options.rate_limit.to_string()),
@@ -183,8 +186,13 @@ impl TestApi {
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.send(self.http.post(self.url(path)).bearer_auth(token).json(&body))
-            .await
+        self.send(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn put(&self, path: &str, token: &str, body: Value) -> Answer {
@@ -193,8 +201,13 @@ impl TestApi {
     }
 
     pub async fn delete(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.send(self.http.delete(self.url(path)).bearer_auth(token).json(&body))
-            .await
+        self.send(
+            self.http
+                .delete(self.url(path))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
     }
 
     /// A customer row linked to `user`, as a checkout leaves it.
@@ -232,11 +245,19 @@ impl TestApi {
         ))
         .await;
         for (n, created) in [(1, 1_760_000_020_i64), (2, 1_762_592_020)] {
-            let mut invoice = invoice_object(&format!("in_{user}_{n}"), customer, &sub, "paid", created);
-            invoice["hosted_invoice_url"] = format!("https://invoice.stripe.test/i/{user}_{n}").into();
-            invoice["invoice_pdf"] = format!("https://pay.stripe.test/invoice/{user}_{n}/pdf").into();
-            self.apply(event(&format!("evt_{user}_in_{n}"), "invoice.paid", created, invoice))
-                .await;
+            let mut invoice =
+                invoice_object(&format!("in_{user}_{n}"), customer, &sub, "paid", created);
+            invoice["hosted_invoice_url"] =
+                format!("https://invoice.stripe.test/i/{user}_{n}").into();
+            invoice["invoice_pdf"] =
+                format!("https://pay.stripe.test/invoice/{user}_{n}/pdf").into();
+            self.apply(event(
+                &format!("evt_{user}_in_{n}"),
+                "invoice.paid",
+                created,
+                invoice,
+            ))
+            .await;
         }
         let mut card = stripe_object("payment_method");
         card["id"] = format!("pm_{user}").into();

@@ -25,9 +25,18 @@ fn every_registered_route_is_documented_and_every_documented_one_registered() {
         let operation = &paths
             .get(path.as_str())
             .unwrap_or_else(|| panic!("{path} is not in docs/openapi.json"))[method.to_lowercase()];
-        assert!(operation.is_object(), "{method} {path} is not in docs/openapi.json");
-        assert!(operation["operationId"].is_string(), "{method} {path} has no operationId");
-        assert!(operation["responses"].is_object(), "{method} {path} has no responses");
+        assert!(
+            operation.is_object(),
+            "{method} {path} is not in docs/openapi.json"
+        );
+        assert!(
+            operation["operationId"].is_string(),
+            "{method} {path} has no operationId"
+        );
+        assert!(
+            operation["responses"].is_object(),
+            "{method} {path} has no responses"
+        );
     }
     for (path, item) in paths {
         for (method, _) in item.as_object().unwrap() {

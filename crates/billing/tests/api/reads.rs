@@ -10,7 +10,8 @@ use crate::helpers::*;
 #[tokio::test]
 async fn status_reports_tier_access_credits_and_the_subscription() {
     let api = spawn_api(Options::default()).await;
-    api.seed_paying("user_ana", "cus_ana", "ana@example.test").await;
+    api.seed_paying("user_ana", "cus_ana", "ana@example.test")
+        .await;
     let ana = user_token("user_ana", Some("ana@example.test"));
 
     let status = api.get("/v1/billing/status", &ana).await;
@@ -22,7 +23,10 @@ async fn status_reports_tier_access_credits_and_the_subscription() {
     assert_eq!(body["status"], "active");
     assert_eq!(body["hasAccess"], true);
     assert_eq!(body["test_user"], false);
-    assert_eq!(body["credits"], json!({"balance": 880, "used": 120, "limit": 1000}));
+    assert_eq!(
+        body["credits"],
+        json!({"balance": 880, "used": 120, "limit": 1000})
+    );
     let subscription = &body["subscription"];
     assert_eq!(subscription["id"], "sub_user_ana");
     assert_eq!(subscription["plan"], "pro_monthly");
@@ -60,7 +64,8 @@ async fn status_reports_tier_access_credits_and_the_subscription() {
 #[tokio::test]
 async fn history_is_paginated_with_invoice_links_and_cards_without_numbers() {
     let api = spawn_api(Options::default()).await;
-    api.seed_paying("user_ana", "cus_ana", "ana@example.test").await;
+    api.seed_paying("user_ana", "cus_ana", "ana@example.test")
+        .await;
     let ana = user_token("user_ana", None);
 
     let first = api.get("/v1/billing/invoices?limit=1", &ana).await;
@@ -81,7 +86,10 @@ async fn history_is_paginated_with_invoice_links_and_cards_without_numbers() {
     assert!(newest["amount_paid"].as_i64().unwrap() > 0);
     let cursor = first.body["next_cursor"].as_str().unwrap();
     let second = api
-        .get(&format!("/v1/billing/invoices?limit=1&cursor={cursor}"), &ana)
+        .get(
+            &format!("/v1/billing/invoices?limit=1&cursor={cursor}"),
+            &ana,
+        )
         .await;
     assert_eq!(second.body["data"][0]["id"], "in_user_ana_1");
     assert_eq!(second.body["has_more"], false);
@@ -97,11 +105,21 @@ async fn history_is_paginated_with_invoice_links_and_cards_without_numbers() {
         .iter()
         .map(|t| t["kind"].as_str().unwrap())
         .collect();
-    assert!(kinds.iter().filter(|k| **k == "subscription_payment").count() >= 2, "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .filter(|k| **k == "subscription_payment")
+            .count()
+            >= 2,
+        "{kinds:?}"
+    );
     assert_eq!(transactions.body["data"][0], all.body["data"][0]);
     let cursor = transactions.body["next_cursor"].as_str().unwrap();
     let next = api
-        .get(&format!("/v1/billing/transactions?limit=1&cursor={cursor}"), &ana)
+        .get(
+            &format!("/v1/billing/transactions?limit=1&cursor={cursor}"),
+            &ana,
+        )
         .await;
     assert_eq!(next.body["data"][0], all.body["data"][1]);
 
@@ -122,14 +140,19 @@ async fn history_is_paginated_with_invoice_links_and_cards_without_numbers() {
         "/v1/billing/payment-methods?page=2",
     ] {
         let answer = api.get(bad, &ana).await;
-        assert_eq!((answer.status, answer.code()), (400, "invalid_request"), "{bad}");
+        assert_eq!(
+            (answer.status, answer.code()),
+            (400, "invalid_request"),
+            "{bad}"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_user_never_sees_anyone_else_s_billing() {
     let api = spawn_api(Options::default()).await;
-    api.seed_paying("user_ana", "cus_ana", "ana@example.test").await;
+    api.seed_paying("user_ana", "cus_ana", "ana@example.test")
+        .await;
     let bo = user_token("user_bo", Some("bo@example.test"));
     for path in [
         "/v1/billing/status?user_id=user_ana",
@@ -161,30 +184,50 @@ async fn verify_payment_is_for_services_and_user_auth_names_the_role() {
         ..Options::default()
     })
     .await;
-    api.seed_paying("user_ana", "cus_ana", "ana@example.test").await;
+    api.seed_paying("user_ana", "cus_ana", "ana@example.test")
+        .await;
     api.customer("cus_cy", "user_cy", "cy@example.test").await;
 
-    let paid = api.get("/v1/verify-payment/Ana@Example.test", SERVICE_TOKEN).await;
+    let paid = api
+        .get("/v1/verify-payment/Ana@Example.test", SERVICE_TOKEN)
+        .await;
     assert_eq!(paid.status, 200, "{}", paid.body);
     assert_eq!(paid.body["paid"], true);
     assert_eq!(paid.body["hasAccess"], true);
     assert_eq!(paid.body["tier"], "pro");
     assert_eq!(paid.body["user_id"], "user_ana");
-    let lapsed = api.get("/v1/verify-payment/cy@example.test", SERVICE_TOKEN).await;
-    assert_eq!((lapsed.body["known"].clone(), lapsed.body["paid"].clone()), (json!(true), json!(false)));
-    let unknown = api.get("/v1/verify-payment/nobody@example.test", SERVICE_TOKEN).await;
+    let lapsed = api
+        .get("/v1/verify-payment/cy@example.test", SERVICE_TOKEN)
+        .await;
+    assert_eq!(
+        (lapsed.body["known"].clone(), lapsed.body["paid"].clone()),
+        (json!(true), json!(false))
+    );
+    let unknown = api
+        .get("/v1/verify-payment/nobody@example.test", SERVICE_TOKEN)
+        .await;
     assert_eq!(unknown.status, 200);
     assert_eq!(unknown.body["known"], false);
     assert_eq!(unknown.body["paid"], false);
-    let bad = api.get("/v1/verify-payment/not-an-email", SERVICE_TOKEN).await;
+    let bad = api
+        .get("/v1/verify-payment/not-an-email", SERVICE_TOKEN)
+        .await;
     assert_eq!((bad.status, bad.code()), (400, "invalid_request"));
     let user = api
-        .get("/v1/verify-payment/ana@example.test", &user_token("user_ana", Some("ana@example.test")))
+        .get(
+            "/v1/verify-payment/ana@example.test",
+            &user_token("user_ana", Some("ana@example.test")),
+        )
         .await;
     assert_eq!((user.status, user.code()), (403, "forbidden"));
 
     // HS256 user tokens.
-    let me = api.get("/v1/user-auth", &user_token("user_ana", Some("Ana@Example.test"))).await;
+    let me = api
+        .get(
+            "/v1/user-auth",
+            &user_token("user_ana", Some("Ana@Example.test")),
+        )
+        .await;
     assert_eq!(me.status, 200, "{}", me.body);
     assert_eq!(me.body["kind"], "user");
     assert_eq!(me.body["user_id"], "user_ana");

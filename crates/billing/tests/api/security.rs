@@ -35,11 +35,27 @@ async fn every_endpoint_needs_a_valid_token() {
     for (method, path) in PROTECTED {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let none = api
-            .send(api.http.request(method.clone(), api.url(path)).json(&json!({})))
+            .send(
+                api.http
+                    .request(method.clone(), api.url(path))
+                    .json(&json!({})),
+            )
             .await;
-        assert_eq!((none.status, none.code()), (401, "unauthenticated"), "{method} {path}");
-        assert_eq!(none.header("www-authenticate"), Some("Bearer realm=\"tollgate\""));
-        for token in ["not-a-token", &expired, &other_secret, "service-token-for-api-test"] {
+        assert_eq!(
+            (none.status, none.code()),
+            (401, "unauthenticated"),
+            "{method} {path}"
+        );
+        assert_eq!(
+            none.header("www-authenticate"),
+            Some("Bearer realm=\"tollgate\"")
+        );
+        for token in [
+            "not-a-token",
+            &expired,
+            &other_secret,
+            "service-token-for-api-test",
+        ] {
             let bad = api
                 .send(
                     api.http
@@ -48,7 +64,11 @@ async fn every_endpoint_needs_a_valid_token() {
                         .json(&json!({})),
                 )
                 .await;
-            assert_eq!((bad.status, bad.code()), (401, "invalid_token"), "{method} {path}");
+            assert_eq!(
+                (bad.status, bad.code()),
+                (401, "invalid_token"),
+                "{method} {path}"
+            );
         }
     }
     let basic = api
@@ -81,9 +101,15 @@ async fn callers_past_their_rate_get_429_with_retry_after_and_others_do_not() {
     assert_eq!(api.get("/v1/billing/status", &bo).await.status, 200);
     // Failed authentication spends the client address's bucket.
     for _ in 0..3 {
-        assert_eq!(api.get("/v1/billing/status", "wrong-token").await.status, 401);
+        assert_eq!(
+            api.get("/v1/billing/status", "wrong-token").await.status,
+            401
+        );
     }
-    assert_eq!(api.get("/v1/billing/status", "wrong-token").await.status, 429);
+    assert_eq!(
+        api.get("/v1/billing/status", "wrong-token").await.status,
+        429
+    );
 }
 
 #[tokio::test]
@@ -94,7 +120,10 @@ async fn cors_allows_the_configured_origin_only() {
             .request(reqwest::Method::OPTIONS, api.url("/v1/checkout/sessions"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization, content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
     };
     let allowed = api.send(preflight(ORIGIN)).await;
     assert_eq!(allowed.status, 200);
@@ -126,10 +155,14 @@ async fn cors_allows_the_configured_origin_only() {
 #[tokio::test]
 async fn every_answer_carries_security_headers_and_errors_are_json() {
     let api = spawn_api(Options::default()).await;
-    let ok = api.get("/v1/billing/status", &user_token("user_ana", None)).await;
+    let ok = api
+        .get("/v1/billing/status", &user_token("user_ana", None))
+        .await;
     let unauthenticated = api.send(api.http.get(api.url("/v1/billing/status"))).await;
     let missing = api.get("/v1/nothing-here", SERVICE_TOKEN).await;
-    let wrong_method = api.send(api.http.patch(api.url("/v1/billing/status"))).await;
+    let wrong_method = api
+        .send(api.http.patch(api.url("/v1/billing/status")))
+        .await;
     assert_eq!(ok.status, 200);
     assert_eq!((missing.status, missing.code()), (404, "not_found"));
     assert_eq!(wrong_method.status, 404);

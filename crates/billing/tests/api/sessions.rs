@@ -89,19 +89,21 @@ async fn users_and_services_get_checkout_sessions_with_exactly_id_and_url() {
         topup.form_value("client_reference_id").as_deref(),
         Some("user_bo")
     );
-    assert_eq!(topup.form_value("metadata[credits]").as_deref(), Some("500"));
+    assert_eq!(
+        topup.form_value("metadata[credits]").as_deref(),
+        Some("500")
+    );
     let customers = api.stand_in.requests_to("POST", "/v1/customers");
     assert_eq!(
         customers.last().unwrap().form_value("email").as_deref(),
         Some("bo@example.test")
     );
     // Both users are now linked to their own Stripe customers.
-    let linked: Vec<(String, String)> = sqlx::query_as(
-        "SELECT user_id, stripe_customer_id FROM customers ORDER BY user_id",
-    )
-    .fetch_all(&api.pool)
-    .await
-    .unwrap();
+    let linked: Vec<(String, String)> =
+        sqlx::query_as("SELECT user_id, stripe_customer_id FROM customers ORDER BY user_id")
+            .fetch_all(&api.pool)
+            .await
+            .unwrap();
     assert_eq!(
         linked,
         [
@@ -117,27 +119,86 @@ async fn bad_checkout_requests_are_clear_4xx_and_reach_no_stripe() {
     let ana = user_token("user_ana", Some("ana@example.test"));
     let cases = [
         (&ana, json!({"plan": "pro_monthly"}), 400, "invalid_request"),
-        (&ana, json!({"kind": "gift", "plan": "pro_monthly"}), 400, "invalid_request"),
-        (&ana, json!({"kind": "subscription"}), 400, "invalid_request"),
-        (&ana, json!({"kind": "subscription", "plan": "pro_monthly", "pack": 500}), 400, "invalid_request"),
-        (&ana, json!({"kind": "topup", "pack": -5}), 400, "invalid_request"),
-        (&ana, json!({"kind": "subscription", "plan": "gold"}), 400, "unknown_plan"),
-        (&ana, json!({"kind": "topup", "pack": 7}), 400, "unknown_credit_pack"),
-        (&ana, json!({"kind": "topup", "pack": 500, "coupon": "FREE"}), 400, "invalid_request"),
-        (&ana, json!({"kind": "topup", "pack": 500, "email": "x@y.test"}), 400, "invalid_request"),
-        (&ana, json!({"kind": "topup", "pack": 500, "user_id": "user_bo"}), 403, "forbidden"),
+        (
+            &ana,
+            json!({"kind": "gift", "plan": "pro_monthly"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            &ana,
+            json!({"kind": "subscription"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            &ana,
+            json!({"kind": "subscription", "plan": "pro_monthly", "pack": 500}),
+            400,
+            "invalid_request",
+        ),
+        (
+            &ana,
+            json!({"kind": "topup", "pack": -5}),
+            400,
+            "invalid_request",
+        ),
+        (
+            &ana,
+            json!({"kind": "subscription", "plan": "gold"}),
+            400,
+            "unknown_plan",
+        ),
+        (
+            &ana,
+            json!({"kind": "topup", "pack": 7}),
+            400,
+            "unknown_credit_pack",
+        ),
+        (
+            &ana,
+            json!({"kind": "topup", "pack": 500, "coupon": "FREE"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            &ana,
+            json!({"kind": "topup", "pack": 500, "email": "x@y.test"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            &ana,
+            json!({"kind": "topup", "pack": 500, "user_id": "user_bo"}),
+            403,
+            "forbidden",
+        ),
     ];
     for (token, body, status, code) in cases {
         let answer = api.post("/v1/checkout/sessions", token, body.clone()).await;
-        assert_eq!((answer.status, answer.code()), (status, code), "{body}: {}", answer.body);
+        assert_eq!(
+            (answer.status, answer.code()),
+            (status, code),
+            "{body}: {}",
+            answer.body
+        );
         assert!(!answer.body["error"]["message"].as_str().unwrap().is_empty());
     }
     let service = SERVICE_TOKEN.to_string();
     let answer = api
-        .post("/v1/checkout/sessions", &service, json!({"kind": "topup", "pack": 500}))
+        .post(
+            "/v1/checkout/sessions",
+            &service,
+            json!({"kind": "topup", "pack": 500}),
+        )
         .await;
     assert_eq!((answer.status, answer.code()), (400, "invalid_request"));
-    assert!(answer.body["error"]["message"].as_str().unwrap().contains("user_id"));
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("user_id")
+    );
     let answer = api
         .post(
             "/v1/checkout/sessions",
@@ -157,8 +218,13 @@ async fn bad_checkout_requests_are_clear_4xx_and_reach_no_stripe() {
     };
     let answer = api.send(raw("{\"kind\":", "application/json")).await;
     assert_eq!((answer.status, answer.code()), (400, "invalid_request"));
-    let answer = api.send(raw("kind=topup", "application/x-www-form-urlencoded")).await;
-    assert_eq!((answer.status, answer.code()), (415, "unsupported_media_type"));
+    let answer = api
+        .send(raw("kind=topup", "application/x-www-form-urlencoded"))
+        .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (415, "unsupported_media_type")
+    );
     let huge = json!({"kind": "topup", "pack": 500, "pad": "x".repeat(20_000)});
     let answer = api.post("/v1/checkout/sessions", &ana, huge).await;
     assert_eq!((answer.status, answer.code()), (413, "body_too_large"));
@@ -176,7 +242,11 @@ async fn bad_checkout_requests_are_clear_4xx_and_reach_no_stripe() {
     assert!(
         api.stand_in.requests().is_empty(),
         "nothing reached Stripe: {:?}",
-        api.stand_in.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+        api.stand_in
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
     );
     assert_eq!(count(&api.pool, "SELECT count(*) FROM customers").await, 0);
 }
@@ -184,31 +254,55 @@ async fn bad_checkout_requests_are_clear_4xx_and_reach_no_stripe() {
 #[tokio::test]
 async fn portal_sessions_for_a_user_with_a_customer_and_404_without_one() {
     let api = spawn_api(Options::default()).await;
-    api.customer("cus_ana", "user_ana", "ana@example.test").await;
+    api.customer("cus_ana", "user_ana", "ana@example.test")
+        .await;
     let mut session = stripe_object("billing_portal.session");
     session["url"] = "https://billing.stripe.test/p/session/ana".into();
     session["customer"] = "cus_ana".into();
-    api.stand_in
-        .reply("POST", "/v1/billing_portal/sessions", Reply::object(&session));
+    api.stand_in.reply(
+        "POST",
+        "/v1/billing_portal/sessions",
+        Reply::object(&session),
+    );
 
     // A user may send no body at all.
     let ana = user_token("user_ana", None);
     let answer = api
-        .send(api.http.post(api.url("/v1/portal/sessions")).bearer_auth(&ana))
+        .send(
+            api.http
+                .post(api.url("/v1/portal/sessions"))
+                .bearer_auth(&ana),
+        )
         .await;
     assert_eq!(answer.status, 201, "{}", answer.body);
-    assert_eq!(answer.body, json!({"url": "https://billing.stripe.test/p/session/ana"}));
-    let posts = api.stand_in.requests_to("POST", "/v1/billing_portal/sessions");
+    assert_eq!(
+        answer.body,
+        json!({"url": "https://billing.stripe.test/p/session/ana"})
+    );
+    let posts = api
+        .stand_in
+        .requests_to("POST", "/v1/billing_portal/sessions");
     assert_eq!(posts[0].form_value("customer").as_deref(), Some("cus_ana"));
-    assert_eq!(posts[0].form_value("return_url").as_deref(), Some(RETURN_URL));
+    assert_eq!(
+        posts[0].form_value("return_url").as_deref(),
+        Some(RETURN_URL)
+    );
 
     let answer = api
-        .post("/v1/portal/sessions", SERVICE_TOKEN, json!({"user_id": "user_ana"}))
+        .post(
+            "/v1/portal/sessions",
+            SERVICE_TOKEN,
+            json!({"user_id": "user_ana"}),
+        )
         .await;
     assert_eq!(answer.status, 201, "{}", answer.body);
 
     let answer = api
-        .post("/v1/portal/sessions", SERVICE_TOKEN, json!({"user_id": "user_nobody"}))
+        .post(
+            "/v1/portal/sessions",
+            SERVICE_TOKEN,
+            json!({"user_id": "user_nobody"}),
+        )
         .await;
     assert_eq!((answer.status, answer.code()), (404, "no_such_customer"));
     let answer = api
