@@ -14,10 +14,17 @@ export STRIPE_WEBHOOK_SECRET ?= whsec_local_development_only
 export INGEST_ADDR ?= 127.0.0.1:8080
 export ENTITLEMENTS_ADDR ?= 127.0.0.1:50051
 export ENTITLEMENTS_SERVICE_TOKENS ?= local-development-token-only
+export BILLING_API_ADDR ?= 127.0.0.1:8082
+export BILLING_API_SERVICE_TOKENS ?= local-development-token-only
+export BILLING_API_ADMIN_TOKENS ?= local-admin:local-development-admin-token
+export BILLING_API_JWT_HS256_SECRET ?= local-development-hs256-secret-0123456789
+export BILLING_API_CORS_ORIGINS ?= http://localhost:5173,http://127.0.0.1:5173
 export FULFILLMENT_ADDR ?= 127.0.0.1:8083
 export FULFILLMENT_ENTITLEMENTS_URL ?= http://127.0.0.1:50051
 export FULFILLMENT_ENTITLEMENTS_TOKEN ?= local-development-token-only
 export FULFILLMENT_BASIC_AUTH ?= dialogflow:local-development-only
+export FULFILLMENT_BILLING_API_URL ?= http://127.0.0.1:8082
+export FULFILLMENT_BILLING_API_TOKEN ?= local-development-token-only
 export LOG_FORMAT ?= text
 
 .PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger validate-k8s

@@ -24,6 +24,7 @@ for service in "${services[@]}"; do
 done
 echo "run-local: ${services[*]} running; ingest at http://${INGEST_ADDR:-127.0.0.1:8080}/webhook," \
   "entitlements (gRPC, gRPC-Web) at ${ENTITLEMENTS_ADDR:-127.0.0.1:50051}," \
+  "billing API at http://${BILLING_API_ADDR:-127.0.0.1:8082}/v1 (docs/api.md)," \
   "Dialogflow fulfillment at http://${FULFILLMENT_ADDR:-127.0.0.1:8083}/webhook (Ctrl-C stops)" >&2
 echo "run-local: try 'make trigger EVENT=invoice.paid' in another terminal" >&2
 # Stop everything as soon as any one service exits.

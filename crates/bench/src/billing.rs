@@ -109,6 +109,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .env("AMQP_URL", vhost.amqp_url())
             .env("TOLLGATE_PLANS", &plans)
             .env("BILLING_ADDR", "127.0.0.1:0")
+            .env("BILLING_API_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)

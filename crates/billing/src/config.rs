@@ -5,6 +5,8 @@ use lettre::message::Mailbox;
 use tollgate_runtime::config::{ConfigError, Env, redact_url};
 use tollgate_stripe::StripeConfig;
 
+use crate::account::AccountConfig;
+use crate::api::ApiConfig;
 use crate::emails::smtp::SmtpSettings;
 
 /// `EMAIL_FROM` when unset.
@@ -45,6 +47,13 @@ pub struct Config {
     /// refetching the object; without one billing never calls Stripe.
     pub stripe: StripeConfig,
     pub email: EmailConfig,
+    /// The HTTP API for frontends (`BILLING_API_*`; crate::api::ApiConfig).
+    pub api: ApiConfig,
+    /// Checkout and portal settings (`CHECKOUT_SUCCESS_URL`, `CHECKOUT_CANCEL_URL`,
+    /// `PORTAL_RETURN_URL`, `CHECKOUT_RATE_*`, `CHECKOUT_IDEMPOTENCY_WINDOW_SECS`): `None`
+    /// when none of the URLs is set (the API then answers checkout and portal requests
+    /// with 503); all three URLs are required once one is.
+    pub account: Option<AccountConfig>,
 }
 
 /// Payment emails (docs/billing-state.md, "Emails").
@@ -150,6 +159,19 @@ impl Config {
             payload_retention_days: env.or("BILLING_PAYLOAD_RETENTION_DAYS", 90)?,
             stripe: StripeConfig::from_env(env)?,
             email: EmailConfig::from_env(env)?,
+            api: ApiConfig::from_env(env)?,
+            account: if [
+                "CHECKOUT_SUCCESS_URL",
+                "CHECKOUT_CANCEL_URL",
+                "PORTAL_RETURN_URL",
+            ]
+            .iter()
+            .any(|name| env.raw(name).is_some())
+            {
+                Some(AccountConfig::from_env(env)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -171,6 +193,8 @@ impl std::fmt::Debug for Config {
             .field("payload_retention_days", &self.payload_retention_days)
             .field("stripe", &self.stripe)
             .field("email", &self.email)
+            .field("api", &self.api)
+            .field("account", &self.account)
             .finish()
     }
 }

@@ -1,5 +1,6 @@
 //! Billing's small HTTP port: liveness, readiness and Prometheus metrics, for
-//! Kubernetes probes and scraping. Billing has no public API.
+//! Kubernetes probes and scraping. The public API is apart, on its own listener
+//! (crate::api, `BILLING_API_ADDR`).
 
 use std::net::TcpListener;
 use std::time::Duration;

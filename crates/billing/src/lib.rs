@@ -9,15 +9,19 @@
 //! (docs/billing-state.md), the entitlement-change outbox, payment emails sent
 //! over SMTP from an outbox of their own; the customer-facing Stripe operations
 //! (checkout, portal, plan changes: `account`) and the repair of state from
-//! Stripe's API (`reconcile`).
+//! Stripe's API (`reconcile`); the HTTP API for frontends and services (`api`), with
+//! operator actions (`admin`, `dead_letters`) shared with the `tollgate` command line.
 
 pub mod account;
 pub mod acks;
+pub mod admin;
+pub mod api;
 pub mod checkout_limit;
 pub mod config;
 pub mod consumer;
 pub mod customers;
 pub mod db;
+pub mod dead_letters;
 pub mod emails;
 pub mod handlers;
 pub mod http;

@@ -25,6 +25,8 @@ pub struct Application {
     retention: Option<tokio::task::JoinHandle<()>>,
     http: actix_web::dev::Server,
     http_port: u16,
+    /// The HTTP API (when configured) and its port.
+    api: Option<(actix_web::dev::Server, u16)>,
     emails: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -57,7 +59,7 @@ impl Application {
         let (stop, stop_rx) = watch::channel(false);
         let consumer = Arc::new(Consumer {
             pool: pool.clone(),
-            plans,
+            plans: plans.clone(),
             refetcher: refetcher.clone(),
             publisher: publisher.clone(),
             amqp_url: config.amqp_url.clone(),
@@ -109,8 +111,10 @@ impl Application {
         let http_port = listener.local_addr()?.port();
         let http = crate::http::serve(listener, pool.clone(), consuming.clone())?;
         tracing::info!(addr = %config.addr, port = http_port, "billing probes and metrics listening");
+        let api = start_api(&config, pool.clone(), plans.clone())?;
         Ok(Self {
             http,
+            api,
             http_port,
             pool,
             refetcher,
@@ -127,6 +131,11 @@ impl Application {
     /// The port of `/healthz`, `/readyz` and `/metrics`.
     pub fn http_port(&self) -> u16 {
         self.http_port
+    }
+
+    /// The port of the HTTP API, when it runs (`BILLING_API_*` configured).
+    pub fn api_port(&self) -> Option<u16> {
+        self.api.as_ref().map(|(_, port)| *port)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -156,6 +165,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let http_handle = self.http.handle();
         let http = tokio::spawn(self.http);
+        let api = self
+            .api
+            .map(|(server, _)| (server.handle(), tokio::spawn(server)));
         self.consumer.await.context("consumer task")?;
         if let Some(relay) = self.relay {
             relay.await.context("outbox relay task")?;
@@ -165,6 +177,10 @@ impl Application {
         }
         if let Some(emails) = self.emails {
             emails.await.context("email sender task")?;
+        }
+        if let Some((handle, task)) = api {
+            handle.stop(true).await;
+            let _ = task.await;
         }
         http_handle.stop(true).await;
         let _ = http.await;
@@ -182,6 +198,45 @@ impl Application {
         });
         self.run_until_stopped().await
     }
+}
+
+/// Binds and starts the HTTP API when a way to authenticate is configured.
+fn start_api(
+    config: &Config,
+    pool: PgPool,
+    plans: Arc<Plans>,
+) -> anyhow::Result<Option<(actix_web::dev::Server, u16)>> {
+    if !config.api.enabled() {
+        tracing::info!("BILLING_API_* sets no token or JWT key: the HTTP API is off");
+        return Ok(None);
+    }
+    let account = match (
+        &config.account,
+        tollgate_stripe::StripeClient::from_config(&config.stripe)
+            .context("the Stripe client (STRIPE_*)")?,
+    ) {
+        (Some(settings), Some(client)) => Some(crate::account::Account::new(
+            pool.clone(),
+            plans.clone(),
+            client,
+            settings.clone(),
+        )),
+        _ => {
+            tracing::warn!(
+                "without STRIPE_SECRET_KEY and CHECKOUT_SUCCESS_URL / CHECKOUT_CANCEL_URL / PORTAL_RETURN_URL \
+                 the API answers checkout and portal requests with 503"
+            );
+            None
+        }
+    };
+    let listener = std::net::TcpListener::bind(config.api.addr)
+        .with_context(|| format!("BILLING_API_ADDR {}", config.api.addr))?;
+    let port = listener.local_addr()?.port();
+    let state =
+        crate::api::ApiState::new(&config.api, pool, plans, account, config.amqp_url.clone());
+    let server = crate::api::serve(listener, state, &config.api)?;
+    tracing::info!(addr = %config.api.addr, port, "billing HTTP API listening");
+    Ok(Some((server, port)))
 }
 
 #[derive(Clone)]

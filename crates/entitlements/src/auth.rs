@@ -3,23 +3,11 @@
 //! HS256 with a shared secret, or RS256 with a key from the JWKS URL). Users may
 //! only ask about themselves, and only read.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use parking_lot::{Mutex, RwLock};
-use serde::Deserialize;
-use subtle::ConstantTimeEq;
+use tollgate_auth::{JwtSettings, JwtVerifier, TokenSet, bearer_token};
 use tonic::metadata::MetadataMap;
 
 use crate::config::Config;
 use crate::model::Subject;
-
-/// Unknown key ids trigger at most one JWKS fetch per this interval.
-const JWKS_REFETCH: Duration = Duration::from_secs(30);
-/// Known keys are refreshed this often (key rotation).
-const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -76,51 +64,22 @@ impl Caller {
     }
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    email: Option<String>,
-    email_verified: Option<bool>,
-}
-
-struct Jwks {
-    url: String,
-    client: reqwest::Client,
-    keys: RwLock<HashMap<String, DecodingKey>>,
-    fetched: Mutex<Option<Instant>>,
-}
-
+/// Verification itself lives in `tollgate-auth` (shared with billing's HTTP API).
 pub struct Auth {
-    tokens: Vec<Vec<u8>>,
-    hs256: Option<DecodingKey>,
-    jwks: Option<Jwks>,
-    issuer: Option<String>,
-    audience: Option<String>,
+    tokens: TokenSet,
+    jwt: JwtVerifier,
 }
 
 impl Auth {
     pub fn new(config: &Config) -> Self {
         Self {
-            tokens: config
-                .service_tokens
-                .iter()
-                .map(|t| t.as_bytes().to_vec())
-                .collect(),
-            hs256: config
-                .jwt_hs256_secret
-                .as_ref()
-                .map(|s| DecodingKey::from_secret(s.as_bytes())),
-            jwks: config.jwks_url.as_ref().map(|url| Jwks {
-                url: url.clone(),
-                client: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .expect("an HTTP client with default settings builds"),
-                keys: RwLock::new(HashMap::new()),
-                fetched: Mutex::new(None),
+            tokens: TokenSet::new(&config.service_tokens),
+            jwt: JwtVerifier::new(&JwtSettings {
+                hs256_secret: config.jwt_hs256_secret.clone(),
+                jwks_url: config.jwks_url.clone(),
+                issuer: config.jwt_issuer.clone(),
+                audience: config.jwt_audience.clone(),
             }),
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
         }
     }
 
@@ -129,115 +88,19 @@ impl Auth {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .ok_or(AuthError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::Missing)?;
-        // Compare with every configured token, without stopping at the first match.
-        let mut matched = subtle::Choice::from(0);
-        for known in &self.tokens {
-            matched |= known.as_slice().ct_eq(token.as_bytes());
-        }
-        if bool::from(matched) {
+        let token = bearer_token(header).ok_or(AuthError::Missing)?;
+        if self.tokens.contains(token) {
             return Ok(Caller::Service);
         }
-        self.user(token).await
-    }
-
-    fn validation(&self, algorithm: Algorithm) -> Validation {
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-        }
-        match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        validation
-    }
-
-    async fn user(&self, token: &str) -> Result<Caller, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
-        let claims: Claims = match header.alg {
-            Algorithm::HS256 => {
-                let key = self.hs256.as_ref().ok_or(AuthError::Invalid)?;
-                jsonwebtoken::decode(token, key, &self.validation(Algorithm::HS256))
-                    .map_err(|_| AuthError::Invalid)?
-                    .claims
-            }
-            Algorithm::RS256 => {
-                let jwks = self.jwks.as_ref().ok_or(AuthError::Invalid)?;
-                let kid = header.kid.ok_or(AuthError::Invalid)?;
-                let key = jwks.key(&kid).await.ok_or(AuthError::Invalid)?;
-                jsonwebtoken::decode(token, &key, &self.validation(Algorithm::RS256))
-                    .map_err(|_| AuthError::Invalid)?
-                    .claims
-            }
-            _ => return Err(AuthError::Invalid),
-        };
-        if claims.sub.is_empty() {
-            return Err(AuthError::Invalid);
-        }
+        let user = self
+            .jwt
+            .verify(token)
+            .await
+            .map_err(|_| AuthError::Invalid)?;
         Ok(Caller::User {
-            user_id: claims.sub,
-            email: claims
-                .email
-                .filter(|_| claims.email_verified != Some(false))
-                .map(|e| e.to_lowercase()),
+            user_id: user.user_id,
+            email: user.email,
         })
-    }
-}
-
-impl Jwks {
-    async fn key(&self, kid: &str) -> Option<DecodingKey> {
-        let stale = self
-            .fetched
-            .lock()
-            .is_none_or(|at| at.elapsed() > JWKS_MAX_AGE);
-        if !stale && let Some(key) = self.keys.read().get(kid) {
-            return Some(key.clone());
-        }
-        let may_fetch = {
-            let mut fetched = self.fetched.lock();
-            let allowed = fetched.is_none_or(|at| at.elapsed() > JWKS_REFETCH) || stale;
-            if allowed {
-                *fetched = Some(Instant::now());
-            }
-            allowed
-        };
-        if may_fetch {
-            match self.fetch().await {
-                Ok(keys) => *self.keys.write() = keys,
-                Err(e) => {
-                    tracing::warn!(error = %e, url = %self.url, "cannot fetch the JWKS; keeping known keys")
-                }
-            }
-        }
-        self.keys.read().get(kid).cloned()
-    }
-
-    async fn fetch(&self) -> anyhow::Result<HashMap<String, DecodingKey>> {
-        let set: JwkSet = self
-            .client
-            .get(&self.url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            if let Some(kid) = &jwk.common.key_id
-                && let Ok(key) = DecodingKey::from_jwk(jwk)
-            {
-                keys.insert(kid.clone(), key);
-            }
-        }
-        Ok(keys)
     }
 }
 
