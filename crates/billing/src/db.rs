@@ -25,6 +25,8 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
 pub struct Tx {
     inner: Transaction<'static, Postgres>,
     locked: HashMap<String, uuid::Uuid>,
+    /// Channels whose tasks in this process to wake once this commits.
+    wake: Vec<&'static str>,
 }
 
 impl Tx {
@@ -32,11 +34,29 @@ impl Tx {
         Ok(Self {
             inner: pool.begin().await?,
             locked: HashMap::new(),
+            wake: Vec::new(),
         })
     }
 
+    /// Commits, then wakes the tasks that have rows of this transaction to handle.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.inner.commit().await
+        self.inner.commit().await?;
+        for channel in self.wake {
+            crate::wakeup::committed(channel);
+        }
+        Ok(())
+    }
+
+    /// Wakes this process's task on `channel` after the commit, if there is one, and
+    /// says so; otherwise the writer must NOTIFY in the transaction (crate::wakeup).
+    pub fn wake_locally_after_commit(&mut self, channel: &'static str) -> bool {
+        if !crate::wakeup::has_local_task(channel) {
+            return false;
+        }
+        if !self.wake.contains(&channel) {
+            self.wake.push(channel);
+        }
+        true
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {

@@ -20,6 +20,8 @@ const CHANNEL: &str = "tollgate_outbox";
 /// Only one relay drains at a time, so changes go out in version order.
 const RELAY_LOCK: i64 = 0x746f_6c6c_6f75_7462; // "tollgoutb"
 const BATCH: i64 = 200;
+/// How soon to look again when another replica holds the relay lock.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
 
 /// An access change to write together with its announcement.
 pub struct AccessChange<'a> {
@@ -46,49 +48,68 @@ pub async fn emit_access(
     write(tx, customer_id, "access", Some(change)).await
 }
 
-/// One statement (one round trip) for the whole write: bump the version (and set
-/// the access, when it changed), audit, queue the announcement, and NOTIFY the
-/// relay — delivered at commit, and only then.
+/// The whole write in one statement: bump the version (and set the access, when it
+/// changed), audit, and queue the announcement; `$tail` selects the queued row.
+macro_rules! write_sql {
+    ($tail:literal) => {
+        concat!(
+            "WITH c AS (
+                 UPDATE customers SET access_version = access_version + 1,
+                                      access_status = COALESCE($3, access_status),
+                                      tier = CASE WHEN $3 IS NULL THEN tier ELSE $4 END,
+                                      updated_at = CASE WHEN $3 IS NULL THEN updated_at ELSE now() END
+                  WHERE id = $1
+              RETURNING id, access_version, user_id, stripe_customer_id, access_status, tier, stripe_features,
+                        test_user, deleted_at IS NOT NULL AS deleted),
+             audit AS (
+                 INSERT INTO access_audit (customer_id, previous_status, new_status, previous_tier, new_tier,
+                                           trigger_source, stripe_event_id)
+                 SELECT id, $5, access_status, $6, tier, $7, $8 FROM c WHERE $3 IS NOT NULL),
+             queued AS (
+                 INSERT INTO entitlement_outbox (customer_id, customer_version, reason, payload)
+                 SELECT id, access_version, $2, jsonb_build_object(
+                            'customer_id', id::text, 'customer_version', access_version, 'user_id', user_id,
+                            'stripe_customer_id', stripe_customer_id, 'access_status', access_status, 'tier', tier,
+                            'stripe_features', to_jsonb(stripe_features), 'test_user', test_user,
+                            'deleted', deleted, 'reason', $2::text)
+                   FROM c
+              RETURNING id)
+             ",
+            $tail
+        )
+    };
+}
+
+/// This process relays: it wakes its relay after the commit (crate::wakeup).
+const WRITE: &str = write_sql!("SELECT id FROM queued");
+/// No relay here (the command line): NOTIFY the relays, delivered at commit.
+const WRITE_AND_NOTIFY: &str =
+    write_sql!("SELECT id FROM queued, LATERAL (SELECT pg_notify('tollgate_outbox', '')) AS woken");
+
+/// One statement (one round trip) for the whole write, and a wake-up for the relay
+/// once it commits.
 async fn write(
     tx: &mut Tx,
     customer_id: uuid::Uuid,
     reason: &str,
     change: Option<AccessChange<'_>>,
 ) -> Result<(), ProcessError> {
-    let written: Option<i64> = sqlx::query_scalar(
-        "WITH c AS (
-             UPDATE customers SET access_version = access_version + 1,
-                                  access_status = COALESCE($3, access_status),
-                                  tier = CASE WHEN $3 IS NULL THEN tier ELSE $4 END,
-                                  updated_at = CASE WHEN $3 IS NULL THEN updated_at ELSE now() END
-              WHERE id = $1
-          RETURNING id, access_version, user_id, stripe_customer_id, access_status, tier, stripe_features,
-                    test_user, deleted_at IS NOT NULL AS deleted),
-         audit AS (
-             INSERT INTO access_audit (customer_id, previous_status, new_status, previous_tier, new_tier,
-                                       trigger_source, stripe_event_id)
-             SELECT id, $5, access_status, $6, tier, $7, $8 FROM c WHERE $3 IS NOT NULL),
-         queued AS (
-             INSERT INTO entitlement_outbox (customer_id, customer_version, reason, payload)
-             SELECT id, access_version, $2, jsonb_build_object(
-                        'customer_id', id::text, 'customer_version', access_version, 'user_id', user_id,
-                        'stripe_customer_id', stripe_customer_id, 'access_status', access_status, 'tier', tier,
-                        'stripe_features', to_jsonb(stripe_features), 'test_user', test_user,
-                        'deleted', deleted, 'reason', $2::text)
-               FROM c
-          RETURNING id)
-         SELECT id FROM queued, LATERAL (SELECT pg_notify('tollgate_outbox', '')) AS woken",
-    )
-    .bind(customer_id)
-    .bind(reason)
-    .bind(change.as_ref().map(|c| c.status))
-    .bind(change.as_ref().map(|c| c.tier))
-    .bind(change.as_ref().map(|c| c.previous_status))
-    .bind(change.as_ref().and_then(|c| c.previous_tier))
-    .bind(change.as_ref().map(|c| c.trigger_source))
-    .bind(change.as_ref().and_then(|c| c.stripe_event_id))
-    .fetch_optional(&mut **tx)
-    .await?;
+    let sql = if tx.wake_locally_after_commit(CHANNEL) {
+        WRITE
+    } else {
+        WRITE_AND_NOTIFY
+    };
+    let written: Option<i64> = sqlx::query_scalar(sql)
+        .bind(customer_id)
+        .bind(reason)
+        .bind(change.as_ref().map(|c| c.status))
+        .bind(change.as_ref().map(|c| c.tier))
+        .bind(change.as_ref().map(|c| c.previous_status))
+        .bind(change.as_ref().and_then(|c| c.previous_tier))
+        .bind(change.as_ref().map(|c| c.trigger_source))
+        .bind(change.as_ref().and_then(|c| c.stripe_event_id))
+        .fetch_optional(&mut **tx)
+        .await?;
     if written.is_none() {
         return Err(ProcessError::Transient(format!(
             "customer {customer_id} vanished while its change was being written"
@@ -97,8 +118,9 @@ async fn write(
     Ok(())
 }
 
-/// Publishes unpublished outbox rows until `stop`; woken by NOTIFY, and polling
-/// every second as well, so nothing waits on a lost notification.
+/// Publishes unpublished outbox rows until `stop`; woken by this process's commits
+/// and by NOTIFY (crate::wakeup), and polling every second as well, so nothing
+/// waits on a lost wake-up.
 pub async fn relay(pool: PgPool, publisher: Publisher, mut stop: watch::Receiver<bool>) {
     let mut wakeup = Wakeup::new(pool.clone(), CHANNEL, "outbox relay");
     loop {
@@ -106,12 +128,21 @@ pub async fn relay(pool: PgPool, publisher: Publisher, mut stop: watch::Receiver
             return;
         }
         wakeup.listen().await;
+        let mut poll = Duration::from_secs(1);
         match drain(&pool, &publisher).await {
-            Ok(0) => {}
-            Ok(n) => debug!(published = n, "outbox relayed"),
+            Ok(Drained { published, busy }) => {
+                if published > 0 {
+                    debug!(published, "outbox relayed");
+                }
+                // Another replica is relaying and may have looked for rows before
+                // ours committed: look again soon rather than at the next poll.
+                if busy {
+                    poll = BUSY_RETRY;
+                }
+            }
             Err(e) => warn!(error = %e, "outbox relay failed; retrying"),
         }
-        if wakeup.wait(Duration::from_secs(1), &mut stop).await {
+        if wakeup.wait(poll, &mut stop).await {
             // Announce what is already committed before leaving.
             let _ = drain(&pool, &publisher).await;
             return;
@@ -127,8 +158,16 @@ pub enum RelayError {
     Broker(#[from] tollgate_broker::PublishError),
 }
 
-/// Publishes every unpublished row in id order; returns how many.
-pub async fn drain(pool: &PgPool, publisher: &Publisher) -> Result<u64, RelayError> {
+/// What a drain did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub published: u64,
+    /// Another process held the relay lock.
+    pub busy: bool,
+}
+
+/// Publishes every unpublished row in id order, unless another process is.
+pub async fn drain(pool: &PgPool, publisher: &Publisher) -> Result<Drained, RelayError> {
     let mut total = 0;
     loop {
         let mut tx = pool.begin().await?;
@@ -137,8 +176,10 @@ pub async fn drain(pool: &PgPool, publisher: &Publisher) -> Result<u64, RelayErr
             .fetch_one(&mut *tx)
             .await?;
         if !locked {
-            // Another process is relaying.
-            return Ok(total);
+            return Ok(Drained {
+                published: total,
+                busy: true,
+            });
         }
         let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
             "SELECT id, payload FROM entitlement_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
@@ -148,7 +189,10 @@ pub async fn drain(pool: &PgPool, publisher: &Publisher) -> Result<u64, RelayErr
         .await?;
         if rows.is_empty() {
             tx.commit().await?;
-            return Ok(total);
+            return Ok(Drained {
+                published: total,
+                busy: false,
+            });
         }
         let messages = rows
             .iter()

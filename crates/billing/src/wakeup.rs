@@ -1,8 +1,16 @@
-//! Waking a background task when a row it should handle commits: LISTEN on a
-//! channel the writer NOTIFYs inside its transaction (delivered at commit, only
-//! then), with a poll as well, so a lost notification or a dropped listening
-//! connection only delays the work.
+//! Waking a background task when a row it should handle commits.
+//!
+//! A row written by this process wakes the task in this process directly, after
+//! the commit ([`Tx`](crate::db::Tx) announces it). A NOTIFY in the writing
+//! transaction would do the same across processes, but PostgreSQL serialises the
+//! commits of every transaction that notifies (it holds a database-wide lock
+//! through the commit's WAL flush), which costs billing its group commit. So
+//! NOTIFY is kept for writers with no such task in their process (the `tollgate`
+//! command line): tasks also LISTEN, and poll as well, so a lost notification or a
+//! dropped listening connection only delays the work.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -10,8 +18,34 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tracing::warn;
 
+/// Per channel, a counter of this process's commits: a task that watches it never
+/// misses one made while it was busy.
+static LOCAL_COMMITS: LazyLock<Mutex<HashMap<&'static str, watch::Sender<u64>>>> =
+    LazyLock::new(Mutex::default);
+
+fn local_commits(channel: &'static str) -> watch::Sender<u64> {
+    LOCAL_COMMITS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(channel)
+        .or_insert_with(|| watch::Sender::new(0))
+        .clone()
+}
+
+/// Whether a task in this process waits on `channel` (then a writer wakes it after
+/// its commit instead of notifying).
+pub fn has_local_task(channel: &'static str) -> bool {
+    local_commits(channel).receiver_count() > 0
+}
+
+/// Wakes this process's tasks on `channel`: call after the commit.
+pub fn committed(channel: &'static str) {
+    local_commits(channel).send_modify(|n| *n = n.wrapping_add(1));
+}
+
 pub struct Wakeup {
     pool: PgPool,
+    local: watch::Receiver<u64>,
     channel: &'static str,
     /// Named in warnings.
     task: &'static str,
@@ -22,6 +56,7 @@ impl Wakeup {
     pub fn new(pool: PgPool, channel: &'static str, task: &'static str) -> Self {
         Self {
             pool,
+            local: local_commits(channel).subscribe(),
             channel,
             task,
             listener: None,
@@ -52,6 +87,7 @@ impl Wakeup {
             }
         };
         tokio::select! {
+            _ = self.local.changed() => false,
             result = notified => {
                 if result.is_err() {
                     self.listener = None;

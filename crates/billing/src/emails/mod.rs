@@ -149,11 +149,13 @@ pub async fn enqueue(
     match queued {
         Some(outbox_id) => {
             debug!(outbox_id, event_id = %envelope.id, customer_id = %email.customer_id, kind, "email queued");
-            // Delivered at commit, and only then: wakes a sender at once.
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANNEL)
-                .execute(&mut **tx)
-                .await?;
+            // Wakes a sender at once, after the commit (crate::wakeup).
+            if !tx.wake_locally_after_commit(CHANNEL) {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(CHANNEL)
+                    .execute(&mut **tx)
+                    .await?;
+            }
         }
         None => {
             debug!(event_id = %envelope.id, customer_id = %email.customer_id, kind, dedupe_key = %email.dedupe_key,
