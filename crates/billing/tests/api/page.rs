@@ -261,12 +261,12 @@ async fn a_signed_in_user_sees_their_billing_and_goes_to_checkout_and_the_portal
         },
     });
     let script = repo_root().join("tests/browser/billing-page.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
+    let mut node = tokio::process::Command::new("node");
+    node.arg(&script)
         .arg(config.to_string())
         .env("TOLLGATE_BROWSER_MODULES", &modules)
-        .kill_on_drop(true)
-        .output();
+        .kill_on_drop(true);
+    let run = node.output();
     let output = tokio::time::timeout(Duration::from_secs(90), run)
         .await
         .expect("the browser run ends (the script gives up after 60 s)")
