@@ -63,7 +63,12 @@ async fn style() -> HttpResponse {
 async fn catalog(state: web::Data<ApiState>) -> HttpResponse {
     let plans = &state.plans;
     let mut prices: Vec<_> = plans.prices_for_sale().collect();
-    prices.sort_by_key(|p| (plans.tier(&p.tier).map_or(u32::MAX, |t| t.rank), p.key.clone()));
+    prices.sort_by_key(|p| {
+        (
+            plans.tier(&p.tier).map_or(u32::MAX, |t| t.rank),
+            p.key.clone(),
+        )
+    });
     let prices: Vec<_> = prices
         .into_iter()
         .map(|p| {

@@ -19,7 +19,10 @@ async fn the_page_is_served_with_a_strict_policy_and_no_inline_script() {
     let api = spawn_api(Options::default()).await;
     let page = api.send(api.http.get(api.url("/billing"))).await;
     assert_eq!(page.status, 200);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let csp = page.header("content-security-policy").unwrap();
     assert_eq!(csp, tollgate_billing::api::page::PAGE_CSP);
     for directive in [
@@ -53,8 +56,9 @@ async fn the_page_is_served_with_a_strict_policy_and_no_inline_script() {
     assert_eq!(scripts.len(), 1, "{html}");
     assert!(scripts[0].starts_with(" src=\"/billing/billing.js\""));
     let handlers = html.split(" on").skip(1).any(|rest| {
-        rest.split_once('=')
-            .is_some_and(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase()))
+        rest.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase())
+        })
     });
     assert!(!handlers, "no inline event handlers");
     assert!(!html.contains("style="), "no inline styles");
@@ -72,7 +76,9 @@ async fn the_page_is_served_with_a_strict_policy_and_no_inline_script() {
         );
     }
     // The JSON API keeps its own, stricter policy.
-    let api_answer = api.get("/v1/billing/status", &user_token("user_x", None)).await;
+    let api_answer = api
+        .get("/v1/billing/status", &user_token("user_x", None))
+        .await;
     assert_eq!(
         api_answer.header("content-security-policy"),
         Some("default-src 'none'; frame-ancestors 'none'")
@@ -88,7 +94,9 @@ async fn the_page_is_served_with_a_strict_policy_and_no_inline_script() {
 #[tokio::test]
 async fn the_catalog_lists_the_plans_file_for_sale() {
     let api = spawn_api(Options::default()).await;
-    let catalog = api.send(api.http.get(api.url("/billing/catalog.json"))).await;
+    let catalog = api
+        .send(api.http.get(api.url("/billing/catalog.json")))
+        .await;
     assert_eq!(catalog.status, 200);
     assert_eq!(catalog.body["checkout"], true);
     let keys: Vec<&str> = catalog.body["plans"]
@@ -142,10 +150,7 @@ fn repo_root() -> PathBuf {
 fn require_browser_tools() -> PathBuf {
     let fix = "run scripts/browser-tools.sh (make test does) to install Debian's chromium, \
                Node.js and the pinned playwright-core";
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: {fix}"
-    );
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: {fix}");
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(
         node.as_ref().is_ok_and(|o| o.status.success()),
@@ -153,7 +158,9 @@ fn require_browser_tools() -> PathBuf {
     );
     let modules = browser_modules();
     assert!(
-        modules.join("node_modules/playwright-core/package.json").exists(),
+        modules
+            .join("node_modules/playwright-core/package.json")
+            .exists(),
         "playwright-core is not installed in {}: {fix}",
         modules.display()
     );
@@ -164,7 +171,7 @@ fn usd(cents: i64) -> String {
     let dollars = (cents / 100).to_string();
     let mut grouped = String::new();
     for (i, digit) in dollars.chars().enumerate() {
-        if i > 0 && (dollars.len() - i) % 3 == 0 {
+        if i > 0 && (dollars.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(digit);
@@ -203,7 +210,12 @@ async fn a_signed_in_user_sees_their_billing_and_goes_to_checkout_and_the_portal
     // Paying: Pro monthly, six paid invoices (more than a page of five), a card, credits.
     api.seed_paying("user_page", "cus_page", "page@example.test")
         .await;
-    for (n, created) in (3..=6).zip([1_757_000_000_i64, 1_757_100_000, 1_757_200_000, 1_757_300_000]) {
+    for (n, created) in (3..=6).zip([
+        1_757_000_000_i64,
+        1_757_100_000,
+        1_757_200_000,
+        1_757_300_000,
+    ]) {
         let mut invoice = tollgate_test_support::invoice_object(
             &format!("in_user_page_{n}"),
             "cus_page",
@@ -211,10 +223,17 @@ async fn a_signed_in_user_sees_their_billing_and_goes_to_checkout_and_the_portal
             "paid",
             created,
         );
-        invoice["hosted_invoice_url"] = format!("https://invoice.stripe.test/i/user_page_{n}").into();
-        invoice["invoice_pdf"] = format!("https://pay.stripe.test/invoice/user_page_{n}/pdf").into();
-        api.apply(event(&format!("evt_page_in_{n}"), "invoice.paid", created, invoice))
-            .await;
+        invoice["hosted_invoice_url"] =
+            format!("https://invoice.stripe.test/i/user_page_{n}").into();
+        invoice["invoice_pdf"] =
+            format!("https://pay.stripe.test/invoice/user_page_{n}/pdf").into();
+        api.apply(event(
+            &format!("evt_page_in_{n}"),
+            "invoice.paid",
+            created,
+            invoice,
+        ))
+        .await;
     }
     // Former subscriber: subscribed, then canceled.
     api.customer("cus_former", "user_former", "former@example.test")
@@ -225,22 +244,38 @@ async fn a_signed_in_user_sees_their_billing_and_goes_to_checkout_and_the_portal
         "active",
         "price_pro_monthly",
     );
-    api.apply(event("evt_former_sub", "customer.subscription.created", 1_760_000_010, sub.clone()))
-        .await;
+    api.apply(event(
+        "evt_former_sub",
+        "customer.subscription.created",
+        1_760_000_010,
+        sub.clone(),
+    ))
+    .await;
     let mut ended = sub;
     ended["status"] = "canceled".into();
     ended["canceled_at"] = 1_760_500_000.into();
     ended["ended_at"] = 1_760_500_000.into();
-    api.apply(event("evt_former_end", "customer.subscription.deleted", 1_760_500_000, ended))
-        .await;
+    api.apply(event(
+        "evt_former_end",
+        "customer.subscription.deleted",
+        1_760_500_000,
+        ended,
+    ))
+    .await;
 
     // Stripe's answers, in the order the script asks: the portal, the credit pack, the plan.
     let mut portal = stripe_object("billing_portal.session");
     portal["customer"] = "cus_page".into();
     portal["url"] = "https://billing.stripe.test/p/session/page".into();
-    api.stand_in
-        .reply("POST", "/v1/billing_portal/sessions", Reply::object(&portal));
-    for (id, mode) in [("cs_test_page_topup", "payment"), ("cs_test_former_pro", "subscription")] {
+    api.stand_in.reply(
+        "POST",
+        "/v1/billing_portal/sessions",
+        Reply::object(&portal),
+    );
+    for (id, mode) in [
+        ("cs_test_page_topup", "payment"),
+        ("cs_test_former_pro", "subscription"),
+    ] {
         let mut session = stripe_object("checkout.session");
         session["id"] = id.into();
         session["mode"] = mode.into();
@@ -310,7 +345,9 @@ async fn a_signed_in_user_sees_their_billing_and_goes_to_checkout_and_the_portal
         })
     );
     assert_eq!(
-        status["subscription"]["next_billing_date"].as_str().unwrap()[..10],
+        status["subscription"]["next_billing_date"]
+            .as_str()
+            .unwrap()[..10],
         *"2025-11-08"
     );
     // A live subscription changes plans in the portal, not through a second checkout.
@@ -379,12 +416,18 @@ async fn a_signed_in_user_sees_their_billing_and_goes_to_checkout_and_the_portal
     );
 
     // Manage billing: a portal session for this customer, and the tab went there.
-    assert_eq!(shown["manage"], "https://billing.stripe.test/p/session/page");
+    assert_eq!(
+        shown["manage"],
+        "https://billing.stripe.test/p/session/page"
+    );
     let portals = api
         .stand_in
         .requests_to("POST", "/v1/billing_portal/sessions");
     assert_eq!(portals.len(), 1);
-    assert_eq!(portals[0].form_value("customer").as_deref(), Some("cus_page"));
+    assert_eq!(
+        portals[0].form_value("customer").as_deref(),
+        Some("cus_page")
+    );
     assert_eq!(
         portals[0].form_value("return_url").as_deref(),
         Some(RETURN_URL)
@@ -485,7 +528,10 @@ async fn a_signed_in_user_sees_their_billing_and_goes_to_checkout_and_the_portal
     assert_eq!(expired["accountShown"], false);
     assert_eq!(expired["storedToken"], Value::Null);
     assert_eq!(report["signedOut"]["state"], "signed-out");
-    assert_eq!(report["signedOut"]["message"], "Sign in to see your billing.");
+    assert_eq!(
+        report["signedOut"]["message"],
+        "Sign in to see your billing."
+    );
 
     // Past the API's rate limit (30 a minute per user; four calls a load).
     let busy = &report["busy"];

@@ -125,7 +125,11 @@ async fn billing_api_failures_fall_back_to_the_billing_page() {
         es_text(&manage),
         format!("You can manage your billing on your billing page: {BILLING_PAGE}")
     );
-    let asked: Vec<String> = billing.stripe_posts().into_iter().map(|(path, _)| path).collect();
+    let asked: Vec<String> = billing
+        .stripe_posts()
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
     assert_eq!(
         asked,
         [
