@@ -302,9 +302,9 @@ async fn a_signed_in_user_sees_their_billing_and_goes_to_checkout_and_the_portal
         .env("TOLLGATE_BROWSER_MODULES", &modules)
         .kill_on_drop(true);
     let run = node.output();
-    let output = tokio::time::timeout(Duration::from_secs(90), run)
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
         .await
-        .expect("the browser run ends (the script gives up after 60 s)")
+        .expect("the browser run ends (the script gives up after 90 s)")
         .expect("node runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "billing-page.mjs failed: {stderr}");
