@@ -42,7 +42,8 @@ async fn turns_are_logged_with_ids_never_emails_or_secrets() {
     entitlements
         .customer("u_logged", "private.person@example.com", "active", "pro")
         .await;
-    let billing = BillingApi::start().await;
+    let billing = BillingApi::start(&entitlements).await;
+    billing.next_checkout("cs_test_logged");
     let app = Fulfillment::start(Options::new(entitlements.url(), Some(&billing))).await;
     let user = Some(json!({ "email": "private.person@example.com" }));
     app.ask(&es_request("billing.status", user.clone(), json!({})))

@@ -6,7 +6,8 @@
 //! Every request is authenticated (a user's JWT, a service token, an admin token) and
 //! rate-limited per caller; users only ever see their own billing. Responses carry
 //! security headers and `Cache-Control: no-store`; errors are
-//! `{"error": {"code", "message"}}` with a stable code.
+//! `{"error": {"code", "message"}}` with a stable code. The same listener serves the
+//! billing page (`/billing`, [`page`]) that uses this API from the browser.
 
 pub mod admin;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod body;
 pub mod config;
 pub mod errors;
 pub mod openapi;
+pub mod page;
 pub mod reads;
 pub mod sessions;
 pub mod status;
@@ -271,6 +273,8 @@ pub fn serve(
                     registered: Vec::new(),
                 })
             })
+            // The billing page, outside /v1 and its OpenAPI document.
+            .configure(page::configure)
             .default_service(web::to(not_found))
             .wrap(from_fn(traced))
             .wrap(cors(&origins))

@@ -6,6 +6,7 @@
 mod admin;
 mod helpers;
 mod openapi;
+mod page;
 mod reads;
 mod security;
 mod sessions;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tollgate_test_support::TcpProxy;
+use tollgate_test_support::{Reply, TcpProxy};
 
 use crate::helpers::*;
 
@@ -94,9 +94,19 @@ async fn billing_api_failures_fall_back_to_the_billing_page() {
         .await;
     let user = json!({ "user_id": "u_page" });
 
-    // Billing answers 503.
-    let billing = BillingApi::start().await;
-    billing.fail();
+    // Billing answers 503: Stripe, behind it, fails.
+    let billing = BillingApi::start(&entitlements).await;
+    for path in ["/v1/checkout/sessions", "/v1/billing_portal/sessions"] {
+        billing.stripe.reply("POST", path, Reply::server_error());
+    }
+    let direct = reqwest::Client::new()
+        .post(format!("{}/v1/portal/sessions", billing.url))
+        .bearer_auth(BILLING_TOKEN)
+        .json(&json!({ "user_id": "u_page" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status().as_u16(), 503);
     let app = Fulfillment::start(Options::new(entitlements.url(), Some(&billing))).await;
     let upgrade = app.ask(&cx_request("billing.upgrade", user.clone())).await;
     assert_eq!(
@@ -115,7 +125,20 @@ async fn billing_api_failures_fall_back_to_the_billing_page() {
         es_text(&manage),
         format!("You can manage your billing on your billing page: {BILLING_PAGE}")
     );
-    assert_eq!(billing.calls().len(), 2, "billing was asked, and failed");
+    let asked: Vec<String> = billing
+        .stripe_posts()
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "/v1/billing_portal/sessions",
+            "/v1/checkout/sessions",
+            "/v1/billing_portal/sessions"
+        ],
+        "billing was asked (after the direct call), asked Stripe, and failed"
+    );
     app.stop().await;
 
     // Billing hangs.

@@ -1,15 +1,15 @@
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use base64::Engine;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tollgate_entitlements::startup::Stopper;
 use tollgate_fulfillment::{Application, Config};
 use tollgate_runtime::Env;
-use tollgate_test_support::{TestDatabase, TestRedis, TestVhost};
+use tollgate_test_support::{
+    Reply, StripeStandIn, TestDatabase, TestRedis, TestVhost, stripe_object,
+};
 
 pub const ENTITLEMENTS_TOKEN: &str = "fulfillment-test-service-token";
 pub const BILLING_TOKEN: &str = "fulfillment-test-billing-token";
@@ -62,9 +62,10 @@ pub const CX_SESSION: &str = "projects/tollgate-agent/locations/global/agents/3b
 /// The real entitlements service on its own database, vhost and key prefix, with
 /// billing's schema; customers are seeded the way billing writes them.
 pub struct Entitlements {
-    // Held for their Drop: the database, vhost and keys go with the test.
-    _db: TestDatabase,
-    _vhost: TestVhost,
+    // Held for their Drop (the database, vhost and keys go with the test), and shared
+    // with billing (BillingApi), as in production.
+    db: TestDatabase,
+    vhost: TestVhost,
     _redis: TestRedis,
     pub pool: PgPool,
     pub addr: SocketAddr,
@@ -106,8 +107,8 @@ impl Entitlements {
         let stopper = app.stopper();
         let task = Some(tokio::spawn(app.run_until_stopped()));
         Self {
-            _db: db,
-            _vhost: vhost,
+            db,
+            vhost,
             _redis: redis,
             pool,
             addr,
@@ -211,110 +212,138 @@ impl Entitlements {
     }
 }
 
-/// A request billing's API received.
-#[derive(Debug, Clone)]
-pub struct BillingCall {
-    pub path: String,
-    pub authorization: Option<String>,
-    pub body: Value,
-}
+pub const CHECKOUT_SUCCESS_URL: &str = "https://app.example.com/billing/done";
+pub const CHECKOUT_CANCEL_URL: &str = "https://app.example.com/pricing";
+pub const PORTAL_RETURN_URL: &str = "https://app.example.com/account";
 
-#[derive(Default)]
-struct BillingState {
-    calls: Mutex<Vec<BillingCall>>,
-    failing: Mutex<bool>,
-}
-
-/// Serves billing's HTTP API contract (`POST /v1/checkout/sessions`,
-/// `POST /v1/portal/sessions`, bearer token, 201 with the session's url) and
-/// records every request. Stands in until the real API (being built in the billing
-/// crate) can be started here instead.
+/// Billing's real HTTP API: the billing `Application` (its event consumer, outbox relay
+/// and `/v1` API) on the entitlements test's database and vhost, as in production, with
+/// the Stripe stand-in behind it. Fulfillment's checkout and portal links come from it;
+/// the stand-in's recorded requests show what billing asked Stripe for.
 pub struct BillingApi {
     pub url: String,
-    state: Arc<BillingState>,
-    handle: actix_web::dev::ServerHandle,
-}
-
-async fn billing_session(
-    request: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<BillingState>,
-) -> HttpResponse {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let authorization = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let path = request.path().to_string();
-    state.calls.lock().unwrap().push(BillingCall {
-        path: path.clone(),
-        authorization: authorization.clone(),
-        body: body.clone(),
-    });
-    if authorization.as_deref() != Some(&format!("Bearer {BILLING_TOKEN}")) {
-        return HttpResponse::Unauthorized().json(json!({"error": {"code": "unauthorized"}}));
-    }
-    if *state.failing.lock().unwrap() {
-        return HttpResponse::ServiceUnavailable().json(json!({"error": {"code": "unavailable"}}));
-    }
-    let Some(user_id) = body["user_id"].as_str().filter(|u| !u.is_empty()) else {
-        return HttpResponse::BadRequest().json(json!({"error": {"code": "invalid_request"}}));
-    };
-    if path == "/v1/checkout/sessions" {
-        let (Some("subscription"), Some(plan)) = (body["kind"].as_str(), body["plan"].as_str())
-        else {
-            return HttpResponse::BadRequest().json(json!({"error": {"code": "invalid_request"}}));
-        };
-        let id = format!("cs_test_{plan}_{user_id}");
-        HttpResponse::Created().json(json!({
-            "id": id,
-            "url": format!("https://checkout.stripe.com/c/pay/{id}"),
-        }))
-    } else {
-        HttpResponse::Created().json(json!({
-            "url": format!("https://billing.stripe.com/p/session/test_{user_id}"),
-        }))
-    }
+    pub stripe: StripeStandIn,
+    stopper: tollgate_billing::startup::Stopper,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl BillingApi {
-    pub async fn start() -> Self {
-        let state = web::Data::new(BillingState::default());
-        let shared = state.clone();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(shared.clone())
-                .route("/v1/checkout/sessions", web::post().to(billing_session))
-                .route("/v1/portal/sessions", web::post().to(billing_session))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+    /// Accepts fulfillment's service token (`BILLING_TOKEN`) only.
+    pub async fn start(entitlements: &Entitlements) -> Self {
+        let stripe = StripeStandIn::start().await;
+        let env = Env::from_pairs([
+            ("DATABASE_URL", entitlements.db.url()),
+            ("AMQP_URL", entitlements.vhost.amqp_url()),
+            ("BILLING_ADDR", "127.0.0.1:0".to_string()),
+            ("BILLING_API_ADDR", "127.0.0.1:0".to_string()),
+            ("DATABASE_MAX_CONNECTIONS", "4".to_string()),
+            ("TOLLGATE_PLANS", plans_path()),
+            ("STRIPE_SECRET_KEY", "sk_test_fulfillment_tests".to_string()),
+            ("STRIPE_API_BASE", stripe.api_base()),
+            ("CHECKOUT_SUCCESS_URL", CHECKOUT_SUCCESS_URL.to_string()),
+            ("CHECKOUT_CANCEL_URL", CHECKOUT_CANCEL_URL.to_string()),
+            ("PORTAL_RETURN_URL", PORTAL_RETURN_URL.to_string()),
+            (
+                "BILLING_API_SERVICE_TOKENS",
+                format!("fulfillment:{BILLING_TOKEN}"),
+            ),
+        ]);
+        let config = tollgate_billing::Config::from_env(&env).expect("billing config");
+        let app = tollgate_billing::Application::build(config)
+            .await
+            .expect("billing starts");
+        assert!(
+            app.wait_consuming(Duration::from_secs(20)).await,
+            "billing consumes"
+        );
+        let port = app.api_port().expect("billing's API is configured");
+        let stopper = app.stopper();
+        let task = Some(tokio::spawn(app.run_until_stopped()));
         Self {
-            url,
-            state: state.into_inner(),
-            handle,
+            url: format!("http://127.0.0.1:{port}"),
+            stripe,
+            stopper,
+            task,
         }
     }
 
-    pub fn calls(&self) -> Vec<BillingCall> {
-        self.state.calls.lock().unwrap().clone()
+    /// Stripe answers the next checkout with a session whose id is `id` (in order, once
+    /// each); the link fulfillment should hand out is returned.
+    pub fn next_checkout(&self, id: &str) -> String {
+        let url = format!("https://checkout.stripe.com/c/pay/{id}");
+        let mut session = stripe_object("checkout.session");
+        session["id"] = json!(id);
+        session["mode"] = json!("subscription");
+        session["url"] = json!(url);
+        self.stripe
+            .reply_once("POST", "/v1/checkout/sessions", Reply::object(&session));
+        url
     }
 
-    /// From now on every session request is answered 503.
-    pub fn fail(&self) {
-        *self.state.failing.lock().unwrap() = true;
+    /// Stripe creates the next customer as `cus_{user_id}` (billing creates one for a
+    /// user's first checkout).
+    pub fn next_customer(&self, user_id: &str) {
+        let mut customer = stripe_object("customer");
+        customer["id"] = json!(format!("cus_{user_id}"));
+        customer["metadata"] = json!({ "user_id": user_id });
+        customer["discount"] = Value::Null;
+        self.stripe
+            .reply_once("POST", "/v1/customers", Reply::object(&customer));
     }
 
-    pub async fn stop(&self) {
-        self.handle.stop(false).await;
+    /// Stripe answers the next portal session with this link.
+    pub fn next_portal(&self, user_id: &str) -> String {
+        let url = format!("https://billing.stripe.com/p/session/test_{user_id}");
+        let mut session = stripe_object("billing_portal.session");
+        session["customer"] = json!(format!("cus_{user_id}"));
+        session["url"] = json!(url);
+        self.stripe.reply_once(
+            "POST",
+            "/v1/billing_portal/sessions",
+            Reply::object(&session),
+        );
+        url
+    }
+
+    /// What billing asked Stripe for: (path, form fields of interest) per POST.
+    pub fn stripe_posts(&self) -> Vec<(String, Value)> {
+        self.stripe
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| {
+                let fields = [
+                    "customer",
+                    "client_reference_id",
+                    "mode",
+                    "line_items[0][price]",
+                    "return_url",
+                    "metadata[user_id]",
+                ]
+                .into_iter()
+                .filter_map(|name| r.form_value(name).map(|v| (name.to_string(), json!(v))))
+                .collect::<serde_json::Map<_, _>>();
+                (r.path.clone(), Value::Object(fields))
+            })
+            .collect()
+    }
+
+    /// Stops billing cleanly (before the entitlements test drops the shared database).
+    pub async fn stop(mut self) {
+        self.stopper.stop();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().expect("billing stops cleanly");
+        }
+    }
+}
+
+impl Drop for BillingApi {
+    fn drop(&mut self) {
+        // A failed test: stop billing anyway.
+        self.stopper.stop();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 

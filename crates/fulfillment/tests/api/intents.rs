@@ -7,7 +7,8 @@ use crate::helpers::*;
 const ADA_STATUS: &str = "You're on Pro monthly, billed monthly. Your subscription is active. Your last payment went through on November 13, 2026. Next billing date: December 13, 2026.";
 const ADA_FEATURES: &str = "With Pro you can: Call the API (quota per tier), Read the documentation, Export data as CSV and Download scripts.";
 
-/// Ada: active Pro monthly, paid, 1,250 credits. Bob: his renewal payment failed.
+/// Ada: active Pro monthly, paid, 1,250 credits. Bob: his renewal payment failed. Cy: a
+/// customer whose subscription ended, free again (so billing sells Cy a new one).
 async fn seed(entitlements: &Entitlements) {
     let ada = entitlements
         .customer("u_ada", "ada@example.com", "active", "pro")
@@ -36,13 +37,16 @@ async fn seed(entitlements: &Entitlements) {
             false,
         )
         .await;
+    entitlements
+        .customer("u_cy", "cy@example.com", "canceled", "free")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn es_answers_every_intent_from_real_state() {
     let mut entitlements = Entitlements::start().await;
     seed(&entitlements).await;
-    let billing = BillingApi::start().await;
+    let billing = BillingApi::start(&entitlements).await;
     let app = Fulfillment::start(Options::new(entitlements.url(), Some(&billing))).await;
     let ada = Some(json!({ "email": "ada@example.com" }));
 
@@ -103,33 +107,48 @@ async fn es_answers_every_intent_from_real_state() {
         .await;
     assert_eq!(es_text(&credits), "You have 1,250 credits.");
 
-    // Upgrade: a checkout session for the plan named, from billing's API.
+    // Upgrade: a checkout session for the plan named, from billing's API (and Stripe
+    // behind it).
+    let checkout = billing.next_checkout("cs_test_pro_plus_monthly_u_cy");
     let upgrade = app
         .ask(&es_request(
             "billing.upgrade",
-            ada.clone(),
+            Some(json!({ "email": "cy@example.com" })),
             json!({ "plan": "Pro Plus monthly" }),
         ))
         .await;
-    let checkout = "https://checkout.stripe.com/c/pay/cs_test_pro_plus_monthly_u_ada";
     assert_eq!(
         es_text(&upgrade),
         format!("Here is your checkout link for Pro Plus monthly: {checkout}")
     );
     assert_eq!(
         own_context(&upgrade),
-        json!({ "user_id": "u_ada", "checkout_url": checkout })
+        json!({ "user_id": "u_cy", "checkout_url": checkout })
     );
     assert_eq!(
         upgrade["payload"]["tollgate"],
         json!({ "intent": "billing.upgrade", "outcome": "answered", "url": checkout })
     );
 
+    // Ada already subscribes: billing sells no second subscription (409
+    // already_subscribed; plan changes go through the portal), so she gets the billing page.
+    let again = app
+        .ask(&es_request(
+            "billing.upgrade",
+            ada.clone(),
+            json!({ "plan": "Pro Plus monthly" }),
+        ))
+        .await;
+    assert_eq!(
+        es_text(&again),
+        format!("You can upgrade on your billing page: {BILLING_PAGE}")
+    );
+
     // Manage: a Customer Portal session.
+    let portal = billing.next_portal("u_ada");
     let manage = app
         .ask(&es_request("billing.manage", ada.clone(), json!({})))
         .await;
-    let portal = "https://billing.stripe.com/p/session/test_u_ada";
     assert_eq!(
         es_text(&manage),
         format!(
@@ -165,22 +184,27 @@ async fn es_answers_every_intent_from_real_state() {
         "Not right now: \"Download scripts\" is paused because of a payment problem. Ask me to manage your billing to fix it."
     );
 
-    // Billing's API got exactly the contract's requests, with the service token.
-    let calls = billing.calls();
-    assert_eq!(calls.len(), 2, "{calls:?}");
-    assert_eq!(calls[0].path, "/v1/checkout/sessions");
+    // Billing accepted fulfillment's service token and asked Stripe for exactly these
+    // (Ada's refused upgrade never reached Stripe).
     assert_eq!(
-        calls[0].body,
-        json!({ "kind": "subscription", "plan": "pro_plus_monthly", "user_id": "u_ada" })
+        billing.stripe_posts(),
+        vec![
+            (
+                "/v1/checkout/sessions".to_string(),
+                json!({
+                    "customer": "cus_u_cy",
+                    "client_reference_id": "u_cy",
+                    "mode": "subscription",
+                    "line_items[0][price]": "price_pro_plus_monthly",
+                    "metadata[user_id]": "u_cy",
+                })
+            ),
+            (
+                "/v1/billing_portal/sessions".to_string(),
+                json!({ "customer": "cus_u_ada", "return_url": PORTAL_RETURN_URL })
+            ),
+        ]
     );
-    assert_eq!(calls[1].path, "/v1/portal/sessions");
-    assert_eq!(calls[1].body, json!({ "user_id": "u_ada" }));
-    for call in &calls {
-        assert_eq!(
-            call.authorization.as_deref(),
-            Some(format!("Bearer {BILLING_TOKEN}").as_str())
-        );
-    }
     app.stop().await;
     billing.stop().await;
     entitlements.stop().await;
@@ -190,7 +214,7 @@ async fn es_answers_every_intent_from_real_state() {
 async fn cx_answers_every_intent_from_real_state() {
     let mut entitlements = Entitlements::start().await;
     seed(&entitlements).await;
-    let billing = BillingApi::start().await;
+    let billing = BillingApi::start(&entitlements).await;
     let app = Fulfillment::start(Options::new(entitlements.url(), Some(&billing))).await;
     let ada = json!({ "user_id": "u_ada" });
 
@@ -228,15 +252,17 @@ async fn cx_answers_every_intent_from_real_state() {
     assert_eq!(cx_text(&bob), "You have 0 credits.");
 
     // Upgrade without a plan: the default plan (the first one for sale).
-    let upgrade = app.ask(&cx_request("billing.upgrade", ada.clone())).await;
-    let checkout = "https://checkout.stripe.com/c/pay/cs_test_pro_monthly_u_ada";
+    let checkout = billing.next_checkout("cs_test_pro_monthly_u_cy");
+    let upgrade = app
+        .ask(&cx_request("billing.upgrade", json!({ "user_id": "u_cy" })))
+        .await;
     assert_eq!(
         cx_text(&upgrade),
         format!("Here is your checkout link for Pro monthly: {checkout}")
     );
     assert_eq!(
         upgrade["sessionInfo"]["parameters"],
-        json!({ "user_id": "u_ada", "checkout_url": checkout })
+        json!({ "user_id": "u_cy", "checkout_url": checkout })
     );
 
     // An unknown plan is named back with the choices; billing is not asked.
@@ -251,13 +277,13 @@ async fn cx_answers_every_intent_from_real_state() {
         "I don't know the plan \"platinum\". You can choose Pro monthly, Pro yearly, Pro Plus monthly or Enterprise yearly."
     );
 
+    let portal = billing.next_portal("u_bob");
     let manage = app
         .ask(&cx_request(
             "billing.manage",
             json!({ "email": "bob@example.com" }),
         ))
         .await;
-    let portal = "https://billing.stripe.com/p/session/test_u_bob";
     assert_eq!(
         cx_text(&manage),
         format!(
@@ -269,12 +295,23 @@ async fn cx_answers_every_intent_from_real_state() {
         json!({ "user_id": "u_bob", "portal_url": portal })
     );
 
-    let calls = billing.calls();
     assert_eq!(
-        calls.iter().map(|c| c.body.clone()).collect::<Vec<_>>(),
+        billing.stripe_posts(),
         vec![
-            json!({ "kind": "subscription", "plan": "pro_monthly", "user_id": "u_ada" }),
-            json!({ "user_id": "u_bob" }),
+            (
+                "/v1/checkout/sessions".to_string(),
+                json!({
+                    "customer": "cus_u_cy",
+                    "client_reference_id": "u_cy",
+                    "mode": "subscription",
+                    "line_items[0][price]": "price_pro_monthly",
+                    "metadata[user_id]": "u_cy",
+                })
+            ),
+            (
+                "/v1/billing_portal/sessions".to_string(),
+                json!({ "customer": "cus_u_bob", "return_url": PORTAL_RETURN_URL })
+            ),
         ]
     );
     app.stop().await;

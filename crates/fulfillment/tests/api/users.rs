@@ -59,7 +59,7 @@ async fn parameters_arrive_as_doubles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_missing_users_and_unknown_intents_get_helpful_answers() {
     let mut entitlements = Entitlements::start().await;
-    let billing = BillingApi::start().await;
+    let billing = BillingApi::start(&entitlements).await;
     let app = Fulfillment::start(Options::new(entitlements.url(), Some(&billing))).await;
 
     // Unknown user, by email (ES) and by id (CX), for every intent but upgrade.
@@ -95,6 +95,8 @@ async fn unknown_and_missing_users_and_unknown_intents_get_helpful_answers() {
 
     // A new user known by id may still check out (billing creates the customer);
     // one known only by an unknown email may not.
+    billing.next_customer("u_new");
+    let checkout = billing.next_checkout("cs_test_pro_monthly_u_new");
     let new_user = app
         .ask(&cx_request(
             "billing.upgrade",
@@ -103,7 +105,7 @@ async fn unknown_and_missing_users_and_unknown_intents_get_helpful_answers() {
         .await;
     assert_eq!(
         cx_text(&new_user),
-        "Here is your checkout link for Pro monthly: https://checkout.stripe.com/c/pay/cs_test_pro_monthly_u_new"
+        format!("Here is your checkout link for Pro monthly: {checkout}")
     );
     let by_email = app
         .ask(&es_request(
@@ -113,7 +115,26 @@ async fn unknown_and_missing_users_and_unknown_intents_get_helpful_answers() {
         ))
         .await;
     assert_eq!(es_text(&by_email), UNKNOWN_USER);
-    assert_eq!(billing.calls().len(), 1, "only the new user's checkout");
+    // Only the new user's checkout reached billing, which created their Stripe customer.
+    assert_eq!(
+        billing.stripe_posts(),
+        vec![
+            (
+                "/v1/customers".to_string(),
+                json!({ "metadata[user_id]": "u_new" })
+            ),
+            (
+                "/v1/checkout/sessions".to_string(),
+                json!({
+                    "customer": "cus_u_new",
+                    "client_reference_id": "u_new",
+                    "mode": "subscription",
+                    "line_items[0][price]": "price_pro_monthly",
+                    "metadata[user_id]": "u_new",
+                })
+            ),
+        ]
+    );
 
     // No user at all: nothing in the payload, parameters or contexts.
     let es = app
