@@ -30,7 +30,10 @@ pub fn committed(envelope: &EventEnvelope, payload: &serde_json::Value, outcome:
         }
         // A delayed payment method completes the checkout later: then it converts.
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
-            let mode = match payload.pointer("/data/object/mode").and_then(|m| m.as_str()) {
+            let mode = match payload
+                .pointer("/data/object/mode")
+                .and_then(|m| m.as_str())
+            {
                 Some("subscription") => "subscription",
                 Some("payment") => "payment",
                 Some("setup") => "setup",

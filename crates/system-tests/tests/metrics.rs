@@ -6,7 +6,9 @@ mod support;
 
 use support::{Stores, authed, event, eventually, post_webhook, series, topup_session};
 use tollgate_proto::entitlements::v1::entitlements_client::EntitlementsClient;
-use tollgate_proto::entitlements::v1::{CheckRequest, ConsumeCreditsRequest, GetEntitlementsRequest};
+use tollgate_proto::entitlements::v1::{
+    CheckRequest, ConsumeCreditsRequest, GetEntitlementsRequest,
+};
 use tollgate_test_support::{invoice_object, subscription_object, unix_now};
 
 fn run_id() -> String {
@@ -80,10 +82,15 @@ async fn ingest_and_billing_count_payments_conversions_and_cancellations_once() 
     })
     .await;
     // Stripe delivering invoice.paid again: a duplicate, not a second payment.
-    assert_eq!(post_webhook(&client, ingest.port, &paid).await.unwrap(), 200);
+    assert_eq!(
+        post_webhook(&client, ingest.port, &paid).await.unwrap(),
+        200
+    );
     eventually("the duplicate is seen", || async {
-        series(&billing.metrics().await, r#"tollgate_billing_events_total{outcome="duplicate"}"#)
-            == Some(1.0)
+        series(
+            &billing.metrics().await,
+            r#"tollgate_billing_events_total{outcome="duplicate"}"#,
+        ) == Some(1.0)
     })
     .await;
     // And a webhook with a forged signature, refused by ingest.
@@ -100,31 +107,53 @@ async fn ingest_and_billing_count_payments_conversions_and_cancellations_once() 
     assert_eq!(forged.status(), 400);
 
     // Gauges are refreshed every second (BILLING_GAUGES_INTERVAL_SECS=1).
-    eventually("the gauges show one active pro subscription and an empty queue", || async {
-        let metrics = billing.metrics().await;
-        series(&metrics, r#"tollgate_billing_active_subscriptions{tier="pro"}"#) == Some(1.0)
-            && series(&metrics, r#"tollgate_billing_queue_messages{queue="tollgate.billing.events"}"#)
-                == Some(0.0)
-            && series(&metrics, r#"tollgate_billing_queue_consumers{queue="tollgate.billing.events"}"#)
-                == Some(1.0)
-    })
+    eventually(
+        "the gauges show one active pro subscription and an empty queue",
+        || async {
+            let metrics = billing.metrics().await;
+            series(
+                &metrics,
+                r#"tollgate_billing_active_subscriptions{tier="pro"}"#,
+            ) == Some(1.0)
+                && series(
+                    &metrics,
+                    r#"tollgate_billing_queue_messages{queue="tollgate.billing.events"}"#,
+                ) == Some(0.0)
+                && series(
+                    &metrics,
+                    r#"tollgate_billing_queue_consumers{queue="tollgate.billing.events"}"#,
+                ) == Some(1.0)
+        },
+    )
     .await;
     let metrics = billing.metrics().await;
     for (name, value) in [
-        (r#"tollgate_billing_payments_total{outcome="succeeded"}"#, 1.0),
+        (
+            r#"tollgate_billing_payments_total{outcome="succeeded"}"#,
+            1.0,
+        ),
         (r#"tollgate_billing_payments_total{outcome="failed"}"#, 1.0),
-        (r#"tollgate_billing_checkout_conversions_total{mode="payment"}"#, 1.0),
+        (
+            r#"tollgate_billing_checkout_conversions_total{mode="payment"}"#,
+            1.0,
+        ),
         ("tollgate_billing_cancellations_total", 1.0),
         (r#"tollgate_billing_events_total{outcome="processed"}"#, 6.0),
         (r#"tollgate_billing_events_total{outcome="duplicate"}"#, 1.0),
-        (r#"tollgate_billing_queue_messages{queue="tollgate.dead-letter"}"#, 0.0),
+        (
+            r#"tollgate_billing_queue_messages{queue="tollgate.dead-letter"}"#,
+            0.0,
+        ),
     ] {
         assert_eq!(series(&metrics, name), Some(value), "{name} in\n{metrics}");
     }
     let transactions: f64 = ["single", "batch"]
         .iter()
         .filter_map(|kind| {
-            series(&metrics, &format!(r#"tollgate_billing_transaction_seconds_count{{kind="{kind}"}}"#))
+            series(
+                &metrics,
+                &format!(r#"tollgate_billing_transaction_seconds_count{{kind="{kind}"}}"#),
+            )
         })
         .sum();
     assert!(transactions >= 1.0, "transactions timed:\n{metrics}");
@@ -132,8 +161,14 @@ async fn ingest_and_billing_count_payments_conversions_and_cancellations_once() 
     let metrics = ingest.metrics().await;
     for (name, value) in [
         (r#"tollgate_ingest_webhooks_total{outcome="accepted"}"#, 7.0),
-        (r#"tollgate_ingest_signature_failures_total{reason="mismatch"}"#, 1.0),
-        (r#"tollgate_ingest_request_duration_seconds_count{outcome="accepted"}"#, 7.0),
+        (
+            r#"tollgate_ingest_signature_failures_total{reason="mismatch"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_ingest_request_duration_seconds_count{outcome="accepted"}"#,
+            7.0,
+        ),
     ] {
         assert_eq!(series(&metrics, name), Some(value), "{name} in\n{metrics}");
     }
@@ -163,15 +198,21 @@ async fn entitlements_counts_credits_consumed_once_and_times_checks() {
         unix_now(),
         topup_session(&format!("cs_{run}"), &format!("cus_{run}"), &user, 100),
     );
-    assert_eq!(post_webhook(&client, ingest.port, &topup).await.unwrap(), 200);
+    assert_eq!(
+        post_webhook(&client, ingest.port, &topup).await.unwrap(),
+        200
+    );
     let mut grpc = EntitlementsClient::new(support::channel(entitlements.port));
     eventually("entitlements sees the 100 credits", || {
         let mut grpc = grpc.clone();
         let subject = user.clone();
         async move {
-            grpc.get_entitlements(authed(GetEntitlementsRequest { subject, at_least_version: 0 }))
-                .await
-                .is_ok_and(|r| r.into_inner().credit_balance == 100)
+            grpc.get_entitlements(authed(GetEntitlementsRequest {
+                subject,
+                at_least_version: 0,
+            }))
+            .await
+            .is_ok_and(|r| r.into_inner().credit_balance == 100)
         }
     })
     .await;
@@ -180,13 +221,29 @@ async fn entitlements_counts_credits_consumed_once_and_times_checks() {
         amount,
         idempotency_key: key.into(),
     };
-    let first = grpc.consume_credits(authed(consume(30, "k1"))).await.unwrap().into_inner();
+    let first = grpc
+        .consume_credits(authed(consume(30, "k1")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(first.ok && !first.replayed);
-    let replay = grpc.consume_credits(authed(consume(30, "k1"))).await.unwrap().into_inner();
+    let replay = grpc
+        .consume_credits(authed(consume(30, "k1")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(replay.ok && replay.replayed, "same key: no second effect");
-    let second = grpc.consume_credits(authed(consume(20, "k2"))).await.unwrap().into_inner();
+    let second = grpc
+        .consume_credits(authed(consume(20, "k2")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(second.ok && second.remaining == 50);
-    let too_much = grpc.consume_credits(authed(consume(1000, "k3"))).await.unwrap().into_inner();
+    let too_much = grpc
+        .consume_credits(authed(consume(1000, "k3")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!too_much.ok, "never overdrawn");
     for _ in 0..3 {
         grpc.check(authed(CheckRequest {
@@ -200,23 +257,36 @@ async fn entitlements_counts_credits_consumed_once_and_times_checks() {
 
     let metrics = entitlements.metrics().await;
     assert_eq!(
-        series(&metrics, r#"tollgate_entitlements_credits_consumed_total{operation="consume"}"#),
+        series(
+            &metrics,
+            r#"tollgate_entitlements_credits_consumed_total{operation="consume"}"#
+        ),
         Some(50.0),
         "30 + 20: the replay and the refused call spent nothing\n{metrics}"
     );
     assert_eq!(
-        series(&metrics, r#"tollgate_entitlements_rpc_seconds_count{rpc="ConsumeCredits",outcome="ok"}"#),
+        series(
+            &metrics,
+            r#"tollgate_entitlements_rpc_seconds_count{rpc="ConsumeCredits",outcome="ok"}"#
+        ),
         Some(4.0),
         "{metrics}"
     );
     // Readiness probes were Checks too: at least the three here.
     assert!(
-        series(&metrics, r#"tollgate_entitlements_rpc_seconds_count{rpc="Check",outcome="ok"}"#)
-            .is_some_and(|n| n >= 3.0),
+        series(
+            &metrics,
+            r#"tollgate_entitlements_rpc_seconds_count{rpc="Check",outcome="ok"}"#
+        )
+        .is_some_and(|n| n >= 3.0),
         "{metrics}"
     );
     assert!(
-        series(&metrics, r#"tollgate_entitlements_cache_total{result="hit"}"#).is_some_and(|n| n >= 1.0),
+        series(
+            &metrics,
+            r#"tollgate_entitlements_cache_total{result="hit"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
         "cache hits counted:\n{metrics}"
     );
     entitlements.terminate().await;

@@ -14,8 +14,8 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{Service, Stores, authed, channel, event, eventually, post_webhook, topup_session};
@@ -123,11 +123,7 @@ impl Traffic {
     }
 }
 
-async fn send_until_stopped(
-    plan: Arc<Plan>,
-    traffic: Arc<Traffic>,
-    ingest_ports: [u16; 2],
-) {
+async fn send_until_stopped(plan: Arc<Plan>, traffic: Arc<Traffic>, ingest_ports: [u16; 2]) {
     let client = reqwest::Client::new();
     while !traffic.stop.load(Ordering::SeqCst) {
         let n = traffic.next.fetch_add(1, Ordering::SeqCst);
@@ -167,12 +163,18 @@ async fn check_until_stopped(plan: Arc<Plan>, traffic: Arc<Traffic>, replicas: [
             })
         };
         let first = (i % 2) as usize;
-        match EntitlementsClient::new(replicas[first].clone()).check(request()).await {
+        match EntitlementsClient::new(replicas[first].clone())
+            .check(request())
+            .await
+        {
             Ok(_) => {
                 traffic.answered_first.fetch_add(1, Ordering::SeqCst);
             }
             Err(first_error) => {
-                match EntitlementsClient::new(replicas[1 - first].clone()).check(request()).await {
+                match EntitlementsClient::new(replicas[1 - first].clone())
+                    .check(request())
+                    .await
+                {
                     Ok(_) => {
                         traffic.answered_by_other.fetch_add(1, Ordering::SeqCst);
                     }
@@ -197,7 +199,9 @@ struct Expected {
 }
 
 fn expected(sent: u64) -> BTreeMap<u64, Expected> {
-    let mut users: BTreeMap<u64, Expected> = (0..USERS.min(sent)).map(|u| (u, Expected::default())).collect();
+    let mut users: BTreeMap<u64, Expected> = (0..USERS.min(sent))
+        .map(|u| (u, Expected::default()))
+        .collect();
     for n in 0..sent {
         let user = users.entry(Plan::user(n)).or_default();
         match Plan::kind(n) {
@@ -219,7 +223,11 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
         stores.entitlements("entitlements-0"),
         stores.entitlements("entitlements-1"),
     ];
-    for service in billing.iter_mut().chain(&mut ingest).chain(&mut entitlements) {
+    for service in billing
+        .iter_mut()
+        .chain(&mut ingest)
+        .chain(&mut entitlements)
+    {
         service.start().await;
     }
     let plan = Arc::new(Plan {
@@ -229,7 +237,13 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
     let traffic = Arc::new(Traffic::default());
     let ingest_ports = [ingest[0].port, ingest[1].port];
     let senders: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(send_until_stopped(plan.clone(), traffic.clone(), ingest_ports)))
+        .map(|_| {
+            tokio::spawn(send_until_stopped(
+                plan.clone(),
+                traffic.clone(),
+                ingest_ports,
+            ))
+        })
         .collect();
     let checker = tokio::spawn(check_until_stopped(
         plan.clone(),
@@ -242,7 +256,8 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
             eventually("webhooks and checks flowing", || {
                 let traffic = traffic.clone();
                 async move {
-                    traffic.delivered.load(Ordering::SeqCst) >= events && traffic.answered() >= checks
+                    traffic.delivered.load(Ordering::SeqCst) >= events
+                        && traffic.answered() >= checks
                 }
             })
             .await;
@@ -254,9 +269,17 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
     let [ingest_0, ingest_1] = &mut ingest;
     let [billing_0, billing_1] = &mut billing;
     let [entitlements_0, entitlements_1] = &mut entitlements;
-    let order: [&mut Service; 6] = [ingest_0, ingest_1, billing_0, billing_1, entitlements_0, entitlements_1];
+    let order: [&mut Service; 6] = [
+        ingest_0,
+        ingest_1,
+        billing_0,
+        billing_1,
+        entitlements_0,
+        entitlements_1,
+    ];
     for service in order {
-        let (events_before, checks_before) = (traffic.delivered.load(Ordering::SeqCst), traffic.answered());
+        let (events_before, checks_before) =
+            (traffic.delivered.load(Ordering::SeqCst), traffic.answered());
         service.terminate().await;
         service.start().await;
         let (events_during, checks_during) = (
@@ -268,7 +291,11 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
             service.name
         );
         // Traffic reaches the restarted replica too before the next one goes.
-        flowing(traffic.delivered.load(Ordering::SeqCst) + 10, traffic.answered() + 10).await;
+        flowing(
+            traffic.delivered.load(Ordering::SeqCst) + 10,
+            traffic.answered() + 10,
+        )
+        .await;
     }
     flowing(traffic.delivered.load(Ordering::SeqCst) + EVENTS_AFTER, 0).await;
     traffic.stop.store(true, Ordering::SeqCst);
@@ -281,7 +308,11 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
     let sent = traffic.next.load(Ordering::SeqCst);
     assert_eq!(traffic.delivered.load(Ordering::SeqCst), sent);
     let unanswered = traffic.unanswered.lock().unwrap().clone();
-    assert!(unanswered.is_empty(), "checks nobody answered:\n{}", unanswered.join("\n"));
+    assert!(
+        unanswered.is_empty(),
+        "checks nobody answered:\n{}",
+        unanswered.join("\n")
+    );
     eprintln!(
         "{sent} events sent ({} posts retried on the other replica); checks answered: {} at once, {} by the other replica",
         traffic.retried.load(Ordering::SeqCst),
@@ -292,10 +323,12 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
     // Zero events lost: every id in the ledger once, processed on its first attempt.
     let pool = stores.db.pool().await;
     eventually("billing has processed every event", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM stripe_events WHERE status = 'processed'")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM stripe_events WHERE status = 'processed'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
             >= sent as i64
     })
     .await;
@@ -306,7 +339,10 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
             .unwrap();
     let ids: BTreeSet<String> = ledger.iter().map(|(id, _, _)| id.clone()).collect();
     let expected_ids: BTreeSet<String> = (0..sent).map(|n| plan.event_id(n)).collect();
-    assert_eq!(ids, expected_ids, "the ledger holds exactly the events sent");
+    assert_eq!(
+        ids, expected_ids,
+        "the ledger holds exactly the events sent"
+    );
     for (id, status, attempts) in &ledger {
         assert_eq!((status.as_str(), *attempts), ("processed", 1), "event {id}");
     }
@@ -359,37 +395,54 @@ async fn rolling_restart_loses_nothing_doubles_nothing_and_answers_every_check()
         // Entitlements: both replicas, restarted, serve that same state.
         for (replica, service) in entitlements.iter().enumerate() {
             let want_status = expect.status.unwrap_or("").to_string();
-            eventually(&format!("entitlements-{replica} serves {user_id}'s state"), || {
-                let mut client = EntitlementsClient::new(channel(service.port));
-                let subject = user_id.clone();
-                let want_status = want_status.clone();
-                let want_credits = expect.credits;
-                async move {
-                    client
-                        .get_entitlements(authed(GetEntitlementsRequest { subject, at_least_version: 0 }))
-                        .await
-                        .is_ok_and(|r| {
-                            let r = r.into_inner();
-                            r.credit_balance == want_credits
-                                && r.subscription.map(|s| s.status).unwrap_or_default() == want_status
-                        })
-                }
-            })
+            eventually(
+                &format!("entitlements-{replica} serves {user_id}'s state"),
+                || {
+                    let mut client = EntitlementsClient::new(channel(service.port));
+                    let subject = user_id.clone();
+                    let want_status = want_status.clone();
+                    let want_credits = expect.credits;
+                    async move {
+                        client
+                            .get_entitlements(authed(GetEntitlementsRequest {
+                                subject,
+                                at_least_version: 0,
+                            }))
+                            .await
+                            .is_ok_and(|r| {
+                                let r = r.into_inner();
+                                r.credit_balance == want_credits
+                                    && r.subscription.map(|s| s.status).unwrap_or_default()
+                                        == want_status
+                            })
+                    }
+                },
+            )
             .await;
         }
     }
-    assert_eq!(stored, expected, "credits, subscription status and paid invoices per user");
-    let topups: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE reason = 'topup'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        stored, expected,
+        "credits, subscription status and paid invoices per user"
+    );
+    let topups: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE reason = 'topup'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         topups,
-        (0..sent).filter(|n| matches!(Plan::kind(*n), Kind::Topup)).count() as i64,
+        (0..sent)
+            .filter(|n| matches!(Plan::kind(*n), Kind::Topup))
+            .count() as i64,
         "one ledger row per top-up"
     );
 
-    for service in entitlements.iter_mut().chain(&mut ingest).chain(&mut billing) {
+    for service in entitlements
+        .iter_mut()
+        .chain(&mut ingest)
+        .chain(&mut billing)
+    {
         service.terminate().await;
     }
 }

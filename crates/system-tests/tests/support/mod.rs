@@ -31,12 +31,16 @@ pub fn plans_path() -> String {
     format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A port free right now (the service binds it; a restarted one binds it again).
+/// A port free right now, which the service binds and, restarted, binds again. Taken
+/// below Linux's ephemeral range (32768 and up by default): the kernel gives those to
+/// outgoing connections, which could take the port while its replica is restarting.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    loop {
+        let port = 15_000 + (uuid::Uuid::new_v4().as_u128() % 15_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The stores one test owns.
@@ -50,10 +54,8 @@ pub struct Stores {
 
 impl Stores {
     pub async fn create() -> Self {
-        let logs = std::env::temp_dir().join(format!(
-            "tollgate-system-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let logs =
+            std::env::temp_dir().join(format!("tollgate-system-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&logs).expect("a log directory");
         let stores = Self {
             db: TestDatabase::create().await,
@@ -95,7 +97,13 @@ impl Stores {
             ("AMQP_URL".into(), self.vhost.amqp_url()),
             ("STRIPE_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()),
         ]);
-        self.service(name, INGEST, env, Ready::Http(format!("http://127.0.0.1:{port}/readyz")), port)
+        self.service(
+            name,
+            INGEST,
+            env,
+            Ready::Http(format!("http://127.0.0.1:{port}/readyz")),
+            port,
+        )
     }
 
     pub fn billing(&self, name: &str) -> Service {
@@ -111,7 +119,13 @@ impl Stores {
             ("DATABASE_URL".into(), self.db.url()),
             ("AMQP_URL".into(), self.vhost.amqp_url()),
         ]);
-        self.service(name, BILLING, env, Ready::Http(format!("http://127.0.0.1:{port}/readyz")), port)
+        self.service(
+            name,
+            BILLING,
+            env,
+            Ready::Http(format!("http://127.0.0.1:{port}/readyz")),
+            port,
+        )
     }
 
     pub fn entitlements(&self, name: &str) -> Service {
@@ -120,9 +134,15 @@ impl Stores {
         let mut env = self.common_env();
         env.extend([
             ("ENTITLEMENTS_ADDR".into(), format!("127.0.0.1:{port}")),
-            ("ENTITLEMENTS_METRICS_ADDR".into(), format!("127.0.0.1:{metrics_port}")),
+            (
+                "ENTITLEMENTS_METRICS_ADDR".into(),
+                format!("127.0.0.1:{metrics_port}"),
+            ),
             ("ENTITLEMENTS_SERVICE_TOKENS".into(), SERVICE_TOKEN.into()),
-            ("ENTITLEMENTS_REDIS_PREFIX".into(), self.redis.prefix().to_string()),
+            (
+                "ENTITLEMENTS_REDIS_PREFIX".into(),
+                self.redis.prefix().to_string(),
+            ),
             ("DATABASE_MAX_CONNECTIONS".into(), "4".into()),
             ("DATABASE_URL".into(), self.db.url()),
             ("AMQP_URL".into(), self.vhost.amqp_url()),
@@ -198,8 +218,16 @@ impl Service {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("{} exited while starting ({status}):\n{}", self.name, self.log_tail());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{} exited while starting ({status}):\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             if self.is_ready().await {
                 return;
@@ -245,7 +273,13 @@ impl Service {
         assert!(sent.success(), "SIGTERM to {}", self.name);
         let status = tokio::time::timeout(PATIENCE, child.wait())
             .await
-            .unwrap_or_else(|_| panic!("{} did not exit after SIGTERM:\n{}", self.name, self.log_tail()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} did not exit after SIGTERM:\n{}",
+                    self.name,
+                    self.log_tail()
+                )
+            })
             .expect("waiting for the process");
         assert!(
             status.success(),
@@ -306,7 +340,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -330,9 +367,10 @@ pub async fn post_webhook(
 
 /// A Stripe event (the envelope of a real one) of `event_type` about `object`.
 pub fn event(event_type: &str, id: &str, created: i64, object: Value) -> Vec<u8> {
-    let mut event: Value =
-        serde_json::from_slice(&stripe_fixture("complete/invoice.paid.stripe-sync-engine.json"))
-            .expect("fixture is JSON");
+    let mut event: Value = serde_json::from_slice(&stripe_fixture(
+        "complete/invoice.paid.stripe-sync-engine.json",
+    ))
+    .expect("fixture is JSON");
     event["id"] = id.into();
     event["type"] = event_type.into();
     event["created"] = created.into();
