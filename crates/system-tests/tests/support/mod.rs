@@ -48,7 +48,8 @@ pub struct Stores {
     pub db: TestDatabase,
     pub vhost: TestVhost,
     pub redis: TestRedis,
-    /// Where the services' logs go (printed when something fails).
+    /// Where the services' logs go (their tails are printed when something fails;
+    /// removed after a passing test).
     pub logs: PathBuf,
 }
 
@@ -170,6 +171,15 @@ impl Stores {
             port,
             metrics_port: port,
             child: None,
+        }
+    }
+}
+
+impl Drop for Stores {
+    /// The logs are kept when the test failed (its panic message quotes their tails).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.logs);
         }
     }
 }
