@@ -42,6 +42,9 @@ pub struct Config {
     pub outbox_relay: bool,
     /// `BILLING_PAYLOAD_RETENTION_DAYS`, default 90; 0 keeps payloads forever.
     pub payload_retention_days: u32,
+    /// `BILLING_GAUGES_INTERVAL_SECS`, default 15: how often the gauges read from
+    /// PostgreSQL and RabbitMQ (active subscriptions by tier, queue depth) are refreshed.
+    pub gauges_interval: std::time::Duration,
     /// `STRIPE_SECRET_KEY` (optional), `STRIPE_API_BASE`, `STRIPE_TIMEOUT_MS`,
     /// `STRIPE_REFETCH_RATE`: with a key, ambiguous same-second ties are settled by
     /// refetching the object; without one billing never calls Stripe.
@@ -131,6 +134,13 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let gauges_interval_secs: u64 = env.or("BILLING_GAUGES_INTERVAL_SECS", 15)?;
+        if gauges_interval_secs == 0 {
+            return Err(ConfigError::invalid(
+                "BILLING_GAUGES_INTERVAL_SECS",
+                "must be at least 1",
+            ));
+        }
         let database_url = env.required_string("DATABASE_URL")?;
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(ConfigError::invalid(
@@ -157,6 +167,7 @@ impl Config {
             )?,
             outbox_relay: env.flag("BILLING_OUTBOX_RELAY", true)?,
             payload_retention_days: env.or("BILLING_PAYLOAD_RETENTION_DAYS", 90)?,
+            gauges_interval: std::time::Duration::from_secs(gauges_interval_secs),
             stripe: StripeConfig::from_env(env)?,
             email: EmailConfig::from_env(env)?,
             api: ApiConfig::from_env(env)?,
@@ -191,6 +202,7 @@ impl std::fmt::Debug for Config {
             .field("plans_path", &self.plans_path)
             .field("outbox_relay", &self.outbox_relay)
             .field("payload_retention_days", &self.payload_retention_days)
+            .field("gauges_interval", &self.gauges_interval)
             .field("stripe", &self.stripe)
             .field("email", &self.email)
             .field("api", &self.api)

@@ -125,6 +125,7 @@ pub async fn apply_from(
             None => Refetch::Off,
             Some(result) => Refetch::Fetched(result.as_deref().ok()),
         };
+        let started = std::time::Instant::now();
         let mut tx = Tx::begin(pool).await?;
         let outcome = match run_in(&mut tx, plans, refetch, event, attempt, source).await? {
             Ran::Done(outcome) => outcome,
@@ -145,7 +146,9 @@ pub async fn apply_from(
             }
         };
         tx.commit().await?;
-        count(&outcome);
+        metrics::histogram!("tollgate_billing_transaction_seconds", "kind" => "single")
+            .record(started.elapsed());
+        count(event, &outcome);
         return Ok(outcome);
     }
     // Unreachable by construction; retried like any transient failure if it ever is not.
@@ -172,6 +175,7 @@ pub async fn apply_batch(
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].0.customer_key());
     let mut outcomes: Vec<Option<Outcome>> = (0..events.len()).map(|_| None).collect();
+    let started = std::time::Instant::now();
     let mut tx = Tx::begin(pool).await?;
     // Two statements for the whole batch: claim every event, then lock every stored
     // customer the new ones are about (both in a fixed order).
@@ -216,21 +220,28 @@ pub async fn apply_batch(
         });
     }
     tx.commit().await?;
+    metrics::histogram!("tollgate_billing_transaction_seconds", "kind" => "batch")
+        .record(started.elapsed());
     let outcomes: Vec<Outcome> = outcomes
         .into_iter()
         .map(|o| o.expect("every event visited"))
         .collect();
-    outcomes.iter().for_each(count);
+    for (outcome, (event, _)) in outcomes.iter().zip(events) {
+        count(event, outcome);
+    }
     Ok(outcomes)
 }
 
-fn count(outcome: &Outcome) {
+/// Metrics of one event whose transaction committed (never before: a rolled-back
+/// event is counted when it finally commits, a duplicate only as a duplicate).
+fn count(event: &Decoded, outcome: &Outcome) {
     let label = match outcome {
         Outcome::Duplicate => "duplicate",
         Outcome::Applied(Applied::Processed) => "processed",
         Outcome::Applied(Applied::Ignored) => "ignored",
     };
     metrics::counter!("tollgate_billing_events_total", "outcome" => label).increment(1);
+    crate::business::committed(&event.envelope, &event.payload, outcome);
 }
 
 /// What one event did inside a transaction.

@@ -23,6 +23,7 @@ pub struct Application {
     consumer: tokio::task::JoinHandle<()>,
     relay: Option<tokio::task::JoinHandle<()>>,
     retention: Option<tokio::task::JoinHandle<()>>,
+    gauges: tokio::task::JoinHandle<()>,
     http: actix_web::dev::Server,
     http_port: u16,
     /// The HTTP API (when configured) and its port.
@@ -83,6 +84,12 @@ impl Application {
             payload_age,
             stop_rx.clone(),
         )));
+        let gauges = tokio::spawn(crate::gauges::run(
+            pool.clone(),
+            config.amqp_url.clone(),
+            config.gauges_interval,
+            stop_rx.clone(),
+        ));
         let emails = match &config.email.smtp {
             Some(smtp) => {
                 tracing::info!(smtp = ?smtp, "payment emails are sent over SMTP");
@@ -124,6 +131,7 @@ impl Application {
             consumer,
             relay,
             retention,
+            gauges,
             emails,
         })
     }
@@ -175,6 +183,7 @@ impl Application {
         if let Some(retention) = self.retention {
             retention.await.context("retention task")?;
         }
+        self.gauges.await.context("gauges task")?;
         if let Some(emails) = self.emails {
             emails.await.context("email sender task")?;
         }

@@ -150,6 +150,10 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
         metrics::histogram!("tollgate_entitlements_credit_batch_size").record(ops.len() as f64);
         match result {
             Ok(outcomes) => {
+                // Committed: count what was spent (a replayed key spent nothing now).
+                for (op, outcome) in ops.iter().zip(&outcomes) {
+                    count_consumed(op, outcome);
+                }
                 for (job, outcome) in jobs.drain(..).zip(outcomes) {
                     let _ = job.reply.send(outcome);
                 }
@@ -162,6 +166,26 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             }
         }
     }
+}
+
+/// `tollgate_entitlements_credits_consumed_total`: credits spent by a committed
+/// Consume or Settle (a hold is not spent until settled; a release spends nothing).
+fn count_consumed(op: &Op, outcome: &Result<Outcome, CreditError>) {
+    let Ok(Outcome {
+        status: Status::Ok,
+        replayed: false,
+        ..
+    }) = outcome
+    else {
+        return;
+    };
+    let (operation, amount) = match op {
+        Op::Consume { amount, .. } => ("consume", *amount),
+        Op::Settle { amount, .. } => ("settle", *amount),
+        Op::Reserve { .. } | Op::Release { .. } => return,
+    };
+    metrics::counter!("tollgate_entitlements_credits_consumed_total", "operation" => operation)
+        .increment(amount.max(0) as u64);
 }
 
 fn is_retryable(e: &sqlx::Error) -> bool {

@@ -233,6 +233,8 @@ async fn traced(
     metrics::counter!("tollgate_billing_api_requests_total",
                       "route" => route.clone(), "status" => status.to_string())
     .increment(1);
+    metrics::histogram!("tollgate_billing_api_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed());
     span.in_scope(|| {
         tracing::debug!(
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
