@@ -67,7 +67,7 @@ async fn lock_customer(
 ) -> Result<(uuid::Uuid, String, Option<String>), AdminError> {
     sqlx::query_as(
         "SELECT id, access_status, tier FROM customers
-          WHERE user_id = $1 AND deleted_at IS NULL FOR UPDATE",
+          WHERE user_id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE",
     )
     .bind(user_id)
     .fetch_optional(&mut **tx)

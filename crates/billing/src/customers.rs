@@ -18,6 +18,10 @@ pub async fn lock_or_create(
     if let Some(id) = tx.locked(stripe_customer_id) {
         return Ok(id);
     }
+    // FOR NO KEY UPDATE (here and in `lock_existing`): it serialises billing's
+    // writers of the customer, yet lets foreign-key checks of rows that reference it
+    // (KEY SHARE: entitlements writing credit rows, say) through, so that those
+    // transactions and billing's can never deadlock over the customer row.
     // One round trip in the usual case: lock the existing row (a row lock writes
     // no new row version, unlike a no-op upsert), or insert it. A concurrent
     // insert of the same customer makes both halves come back empty; the next
@@ -25,7 +29,7 @@ pub async fn lock_or_create(
     for _ in 0..3 {
         let id: Option<uuid::Uuid> = sqlx::query_scalar(
             "WITH existing AS (
-                 SELECT id FROM customers WHERE stripe_customer_id = $1 FOR UPDATE),
+                 SELECT id FROM customers WHERE stripe_customer_id = $1 FOR NO KEY UPDATE),
              created AS (
                  INSERT INTO customers (stripe_customer_id)
                  SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM existing)
@@ -62,7 +66,7 @@ pub async fn lock_existing(tx: &mut Tx, stripe_customer_ids: &[&str]) -> Result<
     // LockRows sits above the sort: rows are locked in stripe_customer_id order.
     let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
         "SELECT id, stripe_customer_id FROM customers WHERE stripe_customer_id = ANY($1)
-          ORDER BY stripe_customer_id FOR UPDATE",
+          ORDER BY stripe_customer_id FOR NO KEY UPDATE",
     )
     .bind(&wanted)
     .fetch_all(&mut **tx)
