@@ -225,6 +225,15 @@ impl Responder {
                 }
             },
         };
+        // A subscriber changes plan in the Customer Portal (with proration): billing
+        // sells no second subscription.
+        if let Some(current) = state
+            .subscription
+            .as_ref()
+            .filter(|s| !matches!(s.status.as_str(), "" | "canceled" | "incomplete_expired"))
+        {
+            return self.change_plan(&current.plan, &user_id, deadline).await;
+        }
         let plan_name = self
             .plans
             .price_by_key(&plan_key)
@@ -242,6 +251,30 @@ impl Responder {
                 Ok(draft)
             }
             Err(error) => self.billing_failed(error, "upgrade", &user_id),
+        }
+    }
+
+    /// A Customer Portal link for a subscriber who asked to upgrade.
+    async fn change_plan(
+        &self,
+        plan: &str,
+        user_id: &str,
+        deadline: Deadline,
+    ) -> Result<Draft, UpstreamError> {
+        let Some(billing) = &self.billing else {
+            return Ok(self.page_link("change your plan", user_id));
+        };
+        match billing.portal(user_id, deadline).await {
+            Ok(url) => {
+                let mut draft = Draft::answered(format!(
+                    "You're subscribed to {plan}. You can change your plan here: {url}"
+                ))
+                .for_user(user_id);
+                draft.parameters.insert("portal_url".into(), json!(url));
+                draft.link = Some(url);
+                Ok(draft)
+            }
+            Err(error) => self.billing_failed(error, "change your plan", user_id),
         }
     }
 

@@ -130,8 +130,9 @@ async fn es_answers_every_intent_from_real_state() {
         json!({ "intent": "billing.upgrade", "outcome": "answered", "url": checkout })
     );
 
-    // Ada already subscribes: billing sells no second subscription (409
-    // already_subscribed; plan changes go through the portal), so she gets the billing page.
+    // Ada already subscribes: billing sells no second subscription, so she changes
+    // plan in the Customer Portal.
+    let change = billing.next_portal("u_ada");
     let again = app
         .ask(&es_request(
             "billing.upgrade",
@@ -141,7 +142,11 @@ async fn es_answers_every_intent_from_real_state() {
         .await;
     assert_eq!(
         es_text(&again),
-        format!("You can upgrade on your billing page: {BILLING_PAGE}")
+        format!("You're subscribed to Pro monthly. You can change your plan here: {change}")
+    );
+    assert_eq!(
+        again["payload"]["tollgate"],
+        json!({ "intent": "billing.upgrade", "outcome": "answered", "url": change })
     );
 
     // Manage: a Customer Portal session.
@@ -184,8 +189,7 @@ async fn es_answers_every_intent_from_real_state() {
         "Not right now: \"Download scripts\" is paused because of a payment problem. Ask me to manage your billing to fix it."
     );
 
-    // Billing accepted fulfillment's service token and asked Stripe for exactly these
-    // (Ada's refused upgrade never reached Stripe).
+    // Billing accepted fulfillment's service token and asked Stripe for exactly these.
     assert_eq!(
         billing.stripe_posts(),
         vec![
@@ -198,6 +202,10 @@ async fn es_answers_every_intent_from_real_state() {
                     "line_items[0][price]": "price_pro_plus_monthly",
                     "metadata[user_id]": "u_cy",
                 })
+            ),
+            (
+                "/v1/billing_portal/sessions".to_string(),
+                json!({ "customer": "cus_u_ada", "return_url": PORTAL_RETURN_URL })
             ),
             (
                 "/v1/billing_portal/sessions".to_string(),
