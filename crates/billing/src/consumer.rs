@@ -178,12 +178,26 @@ impl Consumer {
         let applicable = decoded.len() > 1 && decoded.iter().all(|(_, e)| e.is_ok());
         if applicable {
             metrics::histogram!("tollgate_billing_batch_size").record(decoded.len() as f64);
-            let span = tracing::info_span!("billing_batch", size = decoded.len());
-            let events: Vec<(&Decoded, u32)> = decoded
+            // One transaction serves several webhooks' traces: each event gets its own
+            // span under its publisher's (so its effects, outbox rows included, stay in
+            // its trace), linked both ways with the batch's transaction span.
+            let span =
+                tracing::info_span!(parent: None, "billing_transaction", size = decoded.len());
+            let spans: Vec<tracing::Span> = decoded
                 .iter()
-                .map(|(delivery, event)| {
+                .map(|(delivery, _)| {
+                    let event_span = event_span(delivery);
+                    event_span.follows_from(&span);
+                    span.follows_from(&event_span);
+                    event_span
+                })
+                .collect();
+            let events: Vec<(&Decoded, u32, &tracing::Span)> = decoded
+                .iter()
+                .zip(&spans)
+                .map(|((delivery, event), event_span)| {
                     let event = event.as_ref().expect("checked above");
-                    (event, attempt_of(&delivery.properties))
+                    (event, attempt_of(&delivery.properties), event_span)
                 })
                 .collect();
             let applied = process::apply_batch(&self.pool, &self.plans, &self.refetcher, &events)
@@ -197,6 +211,10 @@ impl Consumer {
                 Err(e) => {
                     metrics::counter!("tollgate_billing_batch_fallbacks_total").increment(1);
                     debug!(error = %e, size = decoded.len(), "batch failed; applying its events one by one");
+                    // Each event's trace shows the failed try, then its own attempt.
+                    for event_span in &spans {
+                        event_span.record("otel.status_code", "error");
+                    }
                 }
             }
         }
@@ -207,23 +225,14 @@ impl Consumer {
 
     async fn handle(&self, delivery: Delivery, event: Result<Decoded, ProcessError>, acks: &Acks) {
         let attempt = attempt_of(&delivery.properties);
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_string())
-            .unwrap_or_default();
-        let span = tracing::info_span!(
-            "billing_event",
-            event_id = %message_id,
-            event_type = %delivery.routing_key,
-            attempt
-        );
+        let span = event_span(&delivery);
         async {
             let (event, result) = match event {
                 Ok(event) => {
+                    let transaction = tracing::info_span!("billing_transaction", size = 1);
                     let result =
                         process::apply(&self.pool, &self.plans, &self.refetcher, &event, attempt)
+                            .instrument(transaction)
                             .await;
                     (Some(event), result.map(|_| ()))
                 }
@@ -334,6 +343,30 @@ impl Consumer {
         }
         Settle::Ack
     }
+}
+
+/// The consumer span of one delivery, a child of the span that published it
+/// (ingest's, carried in the `traceparent` header).
+fn event_span(delivery: &Delivery) -> tracing::Span {
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        parent: None,
+        "billing_event",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.destination.name = topology::BILLING_QUEUE,
+        event_id = %message_id,
+        event_type = %delivery.routing_key,
+        attempt = attempt_of(&delivery.properties)
+    );
+    tollgate_broker::trace::continue_from(&span, &delivery.properties);
+    span
 }
 
 /// The attempt this delivery is: 1, or what a retry set.

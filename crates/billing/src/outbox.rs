@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tollgate_broker::Publisher;
 use tollgate_broker::lapin::BasicProperties;
 use tollgate_events::topology::ENTITLEMENT_CHANGES_EXCHANGE;
+use tollgate_runtime::propagation;
 use tracing::{debug, warn};
 
 use crate::customers::Tx;
@@ -49,7 +50,8 @@ pub async fn emit_access(
 }
 
 /// The whole write in one statement: bump the version (and set the access, when it
-/// changed), audit, and queue the announcement; `$tail` selects the queued row.
+/// changed), audit, and queue the announcement with the trace context of the span
+/// writing it (`$9`, so its publish continues that trace); `$tail` selects the queued row.
 macro_rules! write_sql {
     ($tail:literal) => {
         concat!(
@@ -66,8 +68,8 @@ macro_rules! write_sql {
                                            trigger_source, stripe_event_id)
                  SELECT id, $5, access_status, $6, tier, $7, $8 FROM c WHERE $3 IS NOT NULL),
              queued AS (
-                 INSERT INTO entitlement_outbox (customer_id, customer_version, reason, payload)
-                 SELECT id, access_version, $2, jsonb_build_object(
+                 INSERT INTO entitlement_outbox (customer_id, customer_version, reason, traceparent, payload)
+                 SELECT id, access_version, $2, $9, jsonb_build_object(
                             'customer_id', id::text, 'customer_version', access_version, 'user_id', user_id,
                             'stripe_customer_id', stripe_customer_id, 'access_status', access_status, 'tier', tier,
                             'stripe_features', to_jsonb(stripe_features), 'test_user', test_user,
@@ -108,6 +110,7 @@ async fn write(
         .bind(change.as_ref().and_then(|c| c.previous_tier))
         .bind(change.as_ref().map(|c| c.trigger_source))
         .bind(change.as_ref().and_then(|c| c.stripe_event_id))
+        .bind(propagation::traceparent(&tracing::Span::current()))
         .fetch_optional(&mut **tx)
         .await?;
     if written.is_none() {
@@ -181,8 +184,9 @@ pub async fn drain(pool: &PgPool, publisher: &Publisher) -> Result<Drained, Rela
                 busy: true,
             });
         }
-        let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
-            "SELECT id, payload FROM entitlement_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+        let rows: Vec<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(
+            "SELECT id, payload, traceparent FROM entitlement_outbox
+              WHERE published_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(BATCH)
         .fetch_all(&mut *tx)
@@ -194,9 +198,29 @@ pub async fn drain(pool: &PgPool, publisher: &Publisher) -> Result<Drained, Rela
                 busy: false,
             });
         }
+        // One producer span per row, in the trace of the transaction that wrote it;
+        // the message names it, so entitlements continues that trace. The spans end
+        // when the confirms are in.
+        let spans: Vec<tracing::Span> = rows
+            .iter()
+            .map(|(version, _, traceparent)| {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "outbox_publish",
+                    otel.kind = "producer",
+                    otel.status_code = tracing::field::Empty,
+                    messaging.system = "rabbitmq",
+                    messaging.destination.name = ENTITLEMENT_CHANGES_EXCHANGE,
+                    version,
+                );
+                propagation::continue_trace(&span, traceparent.as_deref());
+                span
+            })
+            .collect();
         let messages = rows
             .iter()
-            .map(|(version, payload)| {
+            .zip(&spans)
+            .map(|((version, payload, _), span)| {
                 let mut body = payload.clone();
                 body["version"] = json!(version);
                 let properties = BasicProperties::default()
@@ -206,16 +230,23 @@ pub async fn drain(pool: &PgPool, publisher: &Publisher) -> Result<Drained, Rela
                     .with_delivery_mode(2);
                 (
                     serde_json::to_vec(&body).expect("JSON values serialise"),
-                    properties,
+                    tollgate_broker::trace::with_traceparent(properties, span),
                 )
             })
             .collect();
         // In version order, confirms in flight together. Rows published before a
         // failure are published again later: consumers ignore versions they have seen.
-        publisher
+        if let Err(e) = publisher
             .broadcast_in_order(ENTITLEMENT_CHANGES_EXCHANGE, messages)
-            .await?;
-        let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+            .await
+        {
+            for span in &spans {
+                span.record("otel.status_code", "error");
+            }
+            return Err(e.into());
+        }
+        drop(spans);
+        let ids: Vec<i64> = rows.iter().map(|(id, _, _)| *id).collect();
         sqlx::query("UPDATE entitlement_outbox SET published_at = now() WHERE id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)

@@ -170,7 +170,7 @@ pub async fn apply_batch(
     pool: &PgPool,
     plans: &Plans,
     refetcher: &Refetcher,
-    events: &[(&Decoded, u32)],
+    events: &[(&Decoded, u32, &tracing::Span)],
 ) -> Result<Vec<Outcome>, ProcessError> {
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].0.customer_key());
@@ -182,7 +182,7 @@ pub async fn apply_batch(
     let claims = {
         let claiming: Vec<_> = events
             .iter()
-            .map(|(event, attempt)| (&event.envelope, &event.payload, *attempt))
+            .map(|(event, attempt, _)| (&event.envelope, &event.payload, *attempt))
             .collect();
         ledger::claim_all(&mut tx, &claiming).await?
     };
@@ -194,20 +194,19 @@ pub async fn apply_batch(
     customers.dedup();
     crate::customers::lock_existing(&mut tx, &customers).await?;
     for i in order {
-        let (event, _) = events[i];
+        let (event, _, span) = events[i];
         if claims[i] == Claim::Duplicate {
             outcomes[i] = Some(Outcome::Duplicate);
             continue;
         }
-        let span = tracing::debug_span!("apply_event", event_id = %event.envelope.id,
-                                        event_type = %event.envelope.event_type);
         let refetch = if refetcher.is_enabled() {
             Refetch::Ask
         } else {
             Refetch::Off
         };
+        // Under the event's own span, so what it writes (outbox rows) joins its trace.
         let handled = handle_claimed(&mut tx, plans, refetch, event, Source::Webhook)
-            .instrument(span)
+            .instrument(span.clone())
             .await?;
         outcomes[i] = Some(match handled {
             Ran::Done(outcome) => outcome,

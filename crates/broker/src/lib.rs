@@ -3,6 +3,7 @@
 
 pub mod publisher;
 pub mod topology;
+pub mod trace;
 
 pub use lapin;
 pub use publisher::{PublishError, Publisher, PublisherConfig};

@@ -159,12 +159,14 @@ impl Feed {
 
     fn apply(&self, change: &ChangeMessage) {
         let applied = self.cache.apply(change);
-        metrics::counter!("tollgate_entitlements_changes_total", "outcome" => match applied {
+        let outcome = match applied {
             Applied::Updated => "updated",
             Applied::Inserted => "inserted",
             Applied::Stale => "stale",
-        })
-        .increment(1);
+        };
+        metrics::counter!("tollgate_entitlements_changes_total", "outcome" => outcome).increment(1);
+        // On the feed's span when the broker delivered it (no-op otherwise).
+        tracing::Span::current().record("outcome", outcome);
         if applied == Applied::Inserted || (applied == Applied::Updated && change.test_user) {
             // Messages carry no email or test-user expiry: read them.
             let _ = self.reload.send(change.customer_id);
@@ -285,7 +287,22 @@ impl Feed {
                         tokio::select! {
                             delivery = consumer.next() => match delivery {
                                 Some(Ok(delivery)) => match serde_json::from_slice::<ChangeMessage>(&delivery.data) {
-                                    Ok(change) => self.handle(change),
+                                    Ok(change) => {
+                                        // The last hop of the webhook's trace: a child of
+                                        // billing's outbox publish (the message's traceparent).
+                                        let span = tracing::info_span!(
+                                            parent: None,
+                                            "entitlements_invalidate",
+                                            otel.kind = "consumer",
+                                            messaging.system = "rabbitmq",
+                                            messaging.destination.name = ENTITLEMENT_CHANGES_EXCHANGE,
+                                            version = change.version,
+                                            customer_id = %change.customer_id,
+                                            outcome = tracing::field::Empty,
+                                        );
+                                        tollgate_broker::trace::continue_from(&span, &delivery.properties);
+                                        span.in_scope(|| self.handle(change));
+                                    }
                                     Err(e) => warn!(error = %e, "change message not understood; skipped"),
                                 },
                                 Some(Err(e)) => { warn!(error = %e, "change feed failed"); break; }

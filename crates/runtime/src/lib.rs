@@ -4,6 +4,7 @@
 //! in it rebuilds little.
 
 pub mod config;
+pub mod propagation;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -3,8 +3,11 @@
 //! - Logs: JSON lines by default (production); `LOG_FORMAT=text` for people.
 //!   Filter from `RUST_LOG`, defaulting to info for our crates and warn for
 //!   dependencies.
-//! - Traces: spans always carry W3C trace ids (propagated over AMQP as
-//!   `traceparent`); they are exported over OTLP/gRPC only when
+//! - Traces: spans always carry W3C trace ids; `crate::propagation` carries them
+//!   across processes as `traceparent` (an AMQP header from ingest to billing and
+//!   from billing's outbox relay to entitlements; a column of the outbox in
+//!   between), so one webhook is one trace. They are exported over OTLP/gRPC
+//!   (batched; `OTEL_BSP_SCHEDULE_DELAY`, default 5 s) only when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - Metrics: a Prometheus recorder; each service serves `render()` on `/metrics`.
 

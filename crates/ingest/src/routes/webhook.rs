@@ -7,14 +7,12 @@ use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use metrics::{Counter, Histogram};
-use opentelemetry::trace::TraceContextExt;
 use tollgate_broker::Publisher;
 use tollgate_broker::lapin::BasicProperties;
 use tollgate_broker::lapin::types::{AMQPValue, FieldTable, LongString};
 use tollgate_events::topology::{self, headers};
 use tollgate_events::{EventEnvelope, WebhookSecrets};
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::MAX_BODY_BYTES;
 use crate::error::WebhookError;
@@ -48,8 +46,12 @@ pub async fn receive_webhook(
     state: web::Data<IngestState>,
 ) -> Result<HttpResponse, WebhookError> {
     let started = Instant::now();
+    // The HTTP server span: the root of the webhook's trace.
     let span = tracing::info_span!(
         "webhook",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/webhook",
         event_id = tracing::field::Empty,
         event_type = tracing::field::Empty
     );
@@ -115,7 +117,18 @@ async fn handle(
         });
     }
 
-    let properties = message_properties(&envelope, now, traceparent(span));
+    // The publish is a span of its own (the producer), and the message names it as
+    // the parent of billing's work.
+    let publish_span = tracing::info_span!(
+        parent: span,
+        "amqp_publish",
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = topology::EVENTS_EXCHANGE,
+        messaging.rabbitmq.destination.routing_key = envelope.event_type.as_str(),
+        messaging.message.id = envelope.id.as_str(),
+    );
+    let properties = message_properties(&envelope, now, traceparent(&publish_span));
     state
         .publisher
         .publish(
@@ -124,6 +137,7 @@ async fn handle(
             &body,
             properties,
         )
+        .instrument(publish_span)
         .await?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
@@ -196,18 +210,11 @@ fn message_properties(envelope: &EventEnvelope, now: i64, traceparent: String) -
         .with_headers(message_headers)
 }
 
-/// W3C `traceparent` of this request's span, so billing's work joins the same trace.
+/// W3C `traceparent` of the publish span, so billing's work joins the same trace.
 /// Without a tracing pipeline (e.g. in-process tests) a fresh random trace is used.
 fn traceparent(span: &tracing::Span) -> String {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        format!(
-            "00-{}-{}-{:02x}",
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags().to_u8()
-        )
+    if let Some(traceparent) = tollgate_runtime::propagation::traceparent(span) {
+        traceparent
     } else {
         let random = uuid::Uuid::new_v4().simple().to_string();
         let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
