@@ -225,7 +225,7 @@ pub async fn apply_batch(
         .into_iter()
         .map(|o| o.expect("every event visited"))
         .collect();
-    for (outcome, (event, _)) in outcomes.iter().zip(events) {
+    for (outcome, (event, _, _)) in outcomes.iter().zip(events) {
         count(event, outcome);
     }
     Ok(outcomes)

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tollgate_test_support::{TestDatabase, TestRedis, TestVhost, fresh_event, signed_headers};
 
 use collector::{Collector, Recorded};
-use services::{Service, binary};
+use services::Service;
 
 const SECRET: &str = "whsec_trace_test";
 const SERVICE_TOKEN: &str = "trace-test-service-token";
@@ -75,7 +75,7 @@ impl Stack {
             ("BILLING_ADDR", "127.0.0.1:0".into()),
         ]);
         env.extend_from_slice(extra);
-        let mut billing = Service::start("billing", binary("billing"), &env);
+        let mut billing = Service::start("billing", env!("CARGO_BIN_EXE_system-billing"), &env);
         billing.wait_for_log("billing consuming", STARTUP).await;
         billing
     }
@@ -93,7 +93,11 @@ impl Stack {
             ("ENTITLEMENTS_METRICS_ADDR", "127.0.0.1:0".into()),
             ("TOLLGATE_PLANS", plans_path()),
         ]);
-        let mut entitlements = Service::start("entitlements", binary("entitlements"), &env);
+        let mut entitlements = Service::start(
+            "entitlements",
+            env!("CARGO_BIN_EXE_system-entitlements"),
+            &env,
+        );
         entitlements.wait_for_log("change feed live", STARTUP).await;
         entitlements
     }
@@ -107,7 +111,7 @@ impl Stack {
             ("INGEST_ADDR", "127.0.0.1:0".into()),
             ("INGEST_WORKERS", "1".into()),
         ]);
-        let mut ingest = Service::start("ingest", binary("ingest"), &env);
+        let mut ingest = Service::start("ingest", env!("CARGO_BIN_EXE_system-ingest"), &env);
         let listening = ingest.wait_for_log("ingest listening", STARTUP).await;
         let base = format!("http://127.0.0.1:{}", listening["port"].as_u64().unwrap());
         let deadline = tokio::time::Instant::now() + STARTUP;
@@ -265,8 +269,7 @@ async fn one_webhook_is_one_connected_trace_across_ingest_billing_and_entitlemen
     let spans = stack
         .collector
         .wait_for(
-            "every span of the webhook from all three services \
-             (if some never come: are the ingest and entitlements binaries current? `cargo build --bins`)",
+            "every span of the webhook from all three services",
             ARRIVAL,
             |spans| {
                 let relayed = spans.iter().filter(|s| is_relay(s)).count();

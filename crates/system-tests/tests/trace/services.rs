@@ -1,6 +1,7 @@
-//! The real service binaries as child processes, their JSON logs read as they come.
+//! The real service binaries as child processes, their JSON logs read as they come
+//! (readiness here is what a log line says: entitlements' change feed being live, not
+//! just its port answering).
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,21 +10,6 @@ use parking_lot::Mutex;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
-
-/// A binary of the workspace, built next to this package's `billing`. Cargo only
-/// builds the binaries of the package under test for its tests: `make test`
-/// (`cargo test --workspace`) builds them all; alone, build them first.
-pub fn binary(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_billing"))
-        .with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: this test runs the real ingest, billing and entitlements binaries; \
-         build them first (`cargo build --bins`, or run the workspace's tests: `make test`)",
-        path.display()
-    );
-    path
-}
 
 #[derive(Default)]
 struct Logs {
@@ -39,7 +25,7 @@ pub struct Service {
 
 impl Service {
     /// Starts `program` with only `env` (plus JSON logs), reading its stdout.
-    pub fn start(name: &'static str, program: PathBuf, env: &[(&str, String)]) -> Self {
+    pub fn start(name: &'static str, program: &str, env: &[(&str, String)]) -> Self {
         let mut command = Command::new(program);
         command
             .env_clear()
