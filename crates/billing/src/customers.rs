@@ -307,7 +307,11 @@ mod tests {
     use super::*;
 
     fn plans() -> Plans {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/plans.toml");
+        let path = std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../../config/plans.toml");
         Plans::load(Some(&path)).unwrap()
     }
 

@@ -368,9 +368,12 @@ mod tests {
     use super::*;
 
     fn fixture(path: &str) -> serde_json::Value {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/stripe")
-            .join(path);
+        let path = std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../../tests/fixtures/stripe")
+        .join(path);
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
 

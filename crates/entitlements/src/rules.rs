@@ -145,9 +145,12 @@ mod tests {
     use super::*;
 
     fn plans(file: &str) -> Plans {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../config")
-            .join(file);
+        let path = std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../../config")
+        .join(file);
         Plans::load(Some(&path)).unwrap()
     }
 

@@ -382,9 +382,12 @@ mod tests {
     use super::*;
 
     fn shipped(file: &str) -> Plans {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../config")
-            .join(file);
+        let path = Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../../config")
+        .join(file);
         Plans::load(Some(&path)).unwrap_or_else(|e| panic!("{file}: {e}"))
     }
 

@@ -7,7 +7,7 @@ use tollgate_events::SigningSecret;
 use tollgate_events::signature::sign_header;
 
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/stripe")
+    crate::workspace_root().join("tests/fixtures/stripe")
 }
 
 /// Raw bytes of a fixture, e.g. `stripe_fixture("complete/invoice.paid.stripe-sync-engine.json")`.

@@ -22,3 +22,13 @@ pub use rabbitmq::TestVhost;
 pub use redis::TestRedis;
 pub use smtp::{SinkMessage, SinkOptions, SmtpFault, SmtpSink};
 pub use stripe_stand_in::{RecordedRequest, Reply, StripeStandIn};
+
+/// The workspace's root directory. Read at run time (cargo sets
+/// `CARGO_MANIFEST_DIR` for every test it runs; every crate sits at
+/// `crates/<name>`), because one target directory serves several checkouts and a
+/// path compiled in would point at whichever checkout built this crate last.
+pub fn workspace_root() -> std::path::PathBuf {
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    std::path::Path::new(&crate_dir).join("../..")
+}

@@ -46,7 +46,10 @@ async fn a_poison_event_is_replayed_once_its_cause_is_fixed() {
         ("AMQP_URL", vhost.amqp_url()),
         (
             "TOLLGATE_PLANS",
-            format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR")),
+            format!(
+                "{}/config/plans.toml",
+                tollgate_test_support::workspace_root().display()
+            ),
         ),
     ]);
     let billing = Application::build(Config::from_env(&env).unwrap())

@@ -33,7 +33,10 @@ impl Setup {
             .env("STRIPE_API_BASE", self.stand_in.api_base())
             .env(
                 "TOLLGATE_PLANS",
-                format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR")),
+                format!(
+                    "{}/config/plans.toml",
+                    tollgate_test_support::workspace_root().display()
+                ),
             );
         if with_key {
             cli.env("STRIPE_SECRET_KEY", "sk_test_tollgate_cli");

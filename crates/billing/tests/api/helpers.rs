@@ -51,13 +51,16 @@ pub struct TestApi {
 }
 
 pub fn plans_path() -> String {
-    format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/config/plans.toml",
+        tollgate_test_support::workspace_root().display()
+    )
 }
 
 pub fn fixture(relative: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/../../tests/fixtures/{relative}",
-        env!("CARGO_MANIFEST_DIR")
+        "{}/tests/fixtures/{relative}",
+        tollgate_test_support::workspace_root().display()
     ))
     .unwrap()
 }

@@ -7,8 +7,8 @@ use crate::helpers::*;
 
 fn committed() -> Value {
     let text = std::fs::read_to_string(format!(
-        "{}/../../docs/openapi.json",
-        env!("CARGO_MANIFEST_DIR")
+        "{}/docs/openapi.json",
+        tollgate_test_support::workspace_root().display()
     ))
     .unwrap();
     serde_json::from_str(&text).expect("docs/openapi.json is JSON")

@@ -143,7 +143,7 @@ fn browser_modules() -> PathBuf {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    tollgate_test_support::workspace_root()
 }
 
 /// Fails (never skips) with what to run when the browser tools are missing.

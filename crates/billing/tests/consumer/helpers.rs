@@ -225,5 +225,8 @@ pub fn event(event_type: &str) -> (String, Vec<u8>) {
 }
 
 pub fn plans_path() -> String {
-    format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/config/plans.toml",
+        tollgate_test_support::workspace_root().display()
+    )
 }

@@ -66,7 +66,10 @@ async fn a_backup_restores_into_an_empty_database() {
     settle(&billing, 1).await;
     billing.stop().await;
 
-    let scripts = format!("{}/../../scripts", env!("CARGO_MANIFEST_DIR"));
+    let scripts = format!(
+        "{}/scripts",
+        tollgate_test_support::workspace_root().display()
+    );
     let dump = std::env::temp_dir().join(format!(
         "tollgate-test-{}.dump",
         uuid::Uuid::new_v4().simple()

@@ -26,7 +26,10 @@ pub struct Harness {
 }
 
 pub fn plans_path() -> String {
-    format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/config/plans.toml",
+        tollgate_test_support::workspace_root().display()
+    )
 }
 
 impl Harness {

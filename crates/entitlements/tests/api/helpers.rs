@@ -53,13 +53,16 @@ impl Default for Options {
 }
 
 pub fn plans_path(file: &str) -> String {
-    format!("{}/../../config/{file}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/config/{file}",
+        tollgate_test_support::workspace_root().display()
+    )
 }
 
 pub fn fixture(relative: &str) -> Vec<u8> {
     let path = format!(
-        "{}/../../tests/fixtures/{relative}",
-        env!("CARGO_MANIFEST_DIR")
+        "{}/tests/fixtures/{relative}",
+        tollgate_test_support::workspace_root().display()
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

@@ -20,12 +20,18 @@ pub const HEADER_TOKEN: &str = "test-header-token-0123456789";
 pub const BILLING_PAGE: &str = "https://app.example.com/billing";
 
 pub fn plans_path() -> String {
-    format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/config/plans.toml",
+        tollgate_test_support::workspace_root().display()
+    )
 }
 
 /// A sample request from tests/fixtures (see its README).
 pub fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/crates/fulfillment/tests/fixtures/{name}",
+        tollgate_test_support::workspace_root().display()
+    );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

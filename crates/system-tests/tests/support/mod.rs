@@ -28,7 +28,10 @@ pub const ENTITLEMENTS: &str = env!("CARGO_BIN_EXE_system-entitlements");
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
 pub fn plans_path() -> String {
-    format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/config/plans.toml",
+        tollgate_test_support::workspace_root().display()
+    )
 }
 
 /// A port free right now, which the service binds and, restarted, binds again. Taken

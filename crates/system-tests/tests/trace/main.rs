@@ -26,7 +26,10 @@ const STARTUP: Duration = Duration::from_secs(60);
 const ARRIVAL: Duration = Duration::from_secs(60);
 
 fn plans_path() -> String {
-    format!("{}/../../config/plans.toml", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/config/plans.toml",
+        tollgate_test_support::workspace_root().display()
+    )
 }
 
 /// The broker, database and Redis of one test, and the receiver every service exports to.
