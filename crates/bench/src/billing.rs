@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use lapin::BasicProperties;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use serde_json::json;
 use tollgate_broker::{Publisher, PublisherConfig};
-use tollgate_events::topology::EVENTS_EXCHANGE;
+use tollgate_events::topology::{BILLING_QUEUE, EVENTS_EXCHANGE};
 use tollgate_test_support::{TestDatabase, TestVhost};
 
 use crate::stats::median;
@@ -140,6 +142,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         bail!("broker not reachable");
     }
     pgbench_setup(&pool, &options).await?;
+    let monitor_connection =
+        tollgate_broker::connect(&vhost.amqp_url(), "tollgate-bench-monitor").await?;
+    let monitor = monitor_connection.create_channel().await?;
     println!(
         "billing benchmark: {} rounds of {} customer.subscription.updated events for {} customers, \
          each beside {} s of pgbench; {} CPU core(s)",
@@ -188,6 +193,26 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let target = (first + options.events) as i64;
         let started = Instant::now();
         let mut billing = spawn_billing().context("starting billing")?;
+        // Watch the queue while it still holds ready messages: counting the ledger
+        // every 50 ms would load the very PostgreSQL being measured (a count over
+        // tens of thousands of rows each time). Only the tail is counted.
+        loop {
+            let ready = monitor
+                .queue_declare(
+                    BILLING_QUEUE.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?
+                .message_count();
+            if ready == 0 || started.elapsed() > Duration::from_secs(600) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         loop {
             let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
                 .fetch_one(&pool)
