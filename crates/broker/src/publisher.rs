@@ -176,16 +176,7 @@ impl Publisher {
         exchange: &str,
         messages: Vec<(Vec<u8>, BasicProperties)>,
     ) -> Result<(), PublishError> {
-        let session = self
-            .inner
-            .session
-            .borrow()
-            .clone()
-            .ok_or(PublishError::NotConnected)?;
-        if !session.connection.status().connected() {
-            self.mark_broken(&session);
-            return Err(PublishError::NotConnected);
-        }
+        let session = self.live_session()?;
         let started = Instant::now();
         let channel = session.channel();
         let mut confirms = Vec::with_capacity(messages.len());
@@ -221,16 +212,7 @@ impl Publisher {
                 }),
             };
         }
-        metrics::histogram!("tollgate_broker_publish_confirm_seconds")
-            .record(started.elapsed().as_secs_f64());
-        if let Err(error) = &result {
-            metrics::counter!("tollgate_broker_publish_failures_total", "reason" => error.reason())
-                .increment(1);
-            if matches!(error, PublishError::Connection(_)) {
-                self.mark_broken(&session);
-            }
-        }
-        result
+        self.observe(&session, started, result)
     }
 
     async fn publish_confirmed(
@@ -241,17 +223,7 @@ impl Publisher {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), PublishError> {
-        let session = self
-            .inner
-            .session
-            .borrow()
-            .clone()
-            .ok_or(PublishError::NotConnected)?;
-        if !session.connection.status().connected() {
-            // Lost, and the supervisor has not swapped it out yet: fail fast.
-            self.mark_broken(&session);
-            return Err(PublishError::NotConnected);
-        }
+        let session = self.live_session()?;
         let started = Instant::now();
         let result = self
             .publish_on(
@@ -263,16 +235,7 @@ impl Publisher {
                 mandatory,
             )
             .await;
-        metrics::histogram!("tollgate_broker_publish_confirm_seconds")
-            .record(started.elapsed().as_secs_f64());
-        if let Err(error) = &result {
-            metrics::counter!("tollgate_broker_publish_failures_total", "reason" => error.reason())
-                .increment(1);
-            if matches!(error, PublishError::Connection(_)) {
-                self.mark_broken(&session);
-            }
-        }
-        result
+        self.observe(&session, started, result)
     }
 
     async fn publish_on(
@@ -307,6 +270,42 @@ impl Publisher {
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
         }
+    }
+
+    /// The current session, if its connection is up. A lost one the supervisor has
+    /// not swapped out yet is reported broken, so publishing fails fast.
+    fn live_session(&self) -> Result<Arc<Session>, PublishError> {
+        let session = self
+            .inner
+            .session
+            .borrow()
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        if !session.connection.status().connected() {
+            self.mark_broken(&session);
+            return Err(PublishError::NotConnected);
+        }
+        Ok(session)
+    }
+
+    /// Records a publish's confirm latency and failure, and reports a connection
+    /// that failed during it.
+    fn observe(
+        &self,
+        session: &Session,
+        started: Instant,
+        result: Result<(), PublishError>,
+    ) -> Result<(), PublishError> {
+        metrics::histogram!("tollgate_broker_publish_confirm_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            metrics::counter!("tollgate_broker_publish_failures_total", "reason" => error.reason())
+                .increment(1);
+            if matches!(error, PublishError::Connection(_)) {
+                self.mark_broken(session);
+            }
+        }
+        result
     }
 
     fn mark_broken(&self, session: &Session) {
