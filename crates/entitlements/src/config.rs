@@ -58,17 +58,6 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
-fn list(env: &Env, name: &'static str) -> Vec<String> {
-    env.raw(name)
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn millis(env: &Env, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
     let value: u64 = env.or(name, default)?;
     if value == 0 {
@@ -100,7 +89,7 @@ impl Config {
                 "must start with redis:// or rediss://",
             ));
         }
-        let service_tokens = list(env, "ENTITLEMENTS_SERVICE_TOKENS");
+        let service_tokens = env.list("ENTITLEMENTS_SERVICE_TOKENS");
         if service_tokens.iter().any(|t| t.len() < 16) {
             return Err(ConfigError::invalid(
                 "ENTITLEMENTS_SERVICE_TOKENS",
@@ -155,7 +144,7 @@ impl Config {
             jwks_url,
             jwt_issuer: env.raw("ENTITLEMENTS_JWT_ISSUER"),
             jwt_audience: env.raw("ENTITLEMENTS_JWT_AUDIENCE"),
-            cors_origins: list(env, "ENTITLEMENTS_CORS_ORIGINS"),
+            cors_origins: env.list("ENTITLEMENTS_CORS_ORIGINS"),
             max_wait: millis(env, "ENTITLEMENTS_MAX_WAIT_MS", 2000)?,
             negative_ttl: millis(env, "ENTITLEMENTS_NEGATIVE_TTL_MS", 2000)?,
             cache_max_age: Duration::from_secs(env.or("ENTITLEMENTS_CACHE_MAX_AGE_SECS", 300)?),

@@ -140,13 +140,8 @@ impl Config {
             ("FULFILLMENT_INTENT_UPGRADE", Intent::Upgrade),
             ("FULFILLMENT_INTENT_MANAGE", Intent::Manage),
         ] {
-            if let Some(list) = env.raw(name) {
-                let names: Vec<String> = list
-                    .split(',')
-                    .map(|n| n.trim().to_string())
-                    .filter(|n| !n.is_empty())
-                    .collect();
-                intents.set(intent, names);
+            if env.raw(name).is_some() {
+                intents.set(intent, env.list(name));
             }
         }
         if let Some(clash) = intents.clash() {

@@ -59,6 +59,18 @@ impl Env {
         value.filter(|v| !v.trim().is_empty())
     }
 
+    /// A comma-separated list, entries trimmed, empty ones dropped; unset is empty.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.raw(name)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn required_string(&self, name: &'static str) -> Result<String, ConfigError> {
         self.raw(name).ok_or(ConfigError::Missing { name })
     }

@@ -49,19 +49,8 @@ impl std::fmt::Debug for NamedToken {
     }
 }
 
-fn list(env: &Env, name: &'static str) -> Vec<String> {
-    env.raw(name)
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn tokens(env: &Env, name: &'static str, prefix: &str) -> Result<Vec<NamedToken>, ConfigError> {
-    list(env, name)
+    env.list(name)
         .into_iter()
         .enumerate()
         .map(|(i, entry)| {
@@ -119,7 +108,7 @@ impl ApiConfig {
                 "must be an http(s) URL",
             ));
         }
-        let cors_origins = list(env, "BILLING_API_CORS_ORIGINS");
+        let cors_origins = env.list("BILLING_API_CORS_ORIGINS");
         if let Some(bad) = cors_origins
             .iter()
             .find(|o| *o != "*" && !(o.starts_with("https://") || o.starts_with("http://")))
