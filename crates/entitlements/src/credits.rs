@@ -6,10 +6,13 @@
 //! transaction that holds the balance row lock. To reach thousands of operations
 //! per second on one hot balance, concurrent requests are group-committed: one
 //! task takes whatever requests are waiting (up to `MAX_BATCH`), applies them in
-//! arrival order against the locked balances in memory, writes the ledger rows,
-//! balances and reservations with a few array statements, commits once, and only
-//! then answers each caller. A failed transaction answers every request in it
-//! with an error and changes nothing, so a retry with the same key is safe.
+//! arrival order, commits once, and only then answers each caller. Spending (the
+//! hot path) is one call of the `consume_credits` SQL function per batch, in
+//! autocommit, so the balance lock is held only while PostgreSQL works and flushes
+//! the commit, never across a client round trip. Holds (reserve, settle, release)
+//! are applied in memory against the locked balances and written with a few array
+//! statements. A failed transaction answers every request in it with an error and
+//! changes nothing, so a retry with the same key is safe.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -137,35 +140,110 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
         if rx.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
-        let ops: Vec<Op> = jobs.iter().map(|j| j.op.clone()).collect();
-        let started = std::time::Instant::now();
-        let mut result = apply_batch(&pool, &ops).await;
-        if let Err(e) = &result
-            && is_retryable(e)
-        {
-            // A deadlock or serialization failure with another replica: once more.
-            result = apply_batch(&pool, &ops).await;
+        // Spends and holds are concurrent calls, so either order is a valid one;
+        // each kind is one transaction.
+        let (spends, holds): (Vec<Job>, Vec<Job>) = jobs
+            .drain(..)
+            .partition(|job| matches!(job.op, Op::Consume { .. }));
+        if !spends.is_empty() {
+            commit(&pool, spends, consume_batch).await;
         }
-        metrics::histogram!("tollgate_entitlements_credit_batch_seconds").record(started.elapsed());
-        metrics::histogram!("tollgate_entitlements_credit_batch_size").record(ops.len() as f64);
-        match result {
-            Ok(outcomes) => {
-                // Committed: count what was spent (a replayed key spent nothing now).
-                for (op, outcome) in ops.iter().zip(&outcomes) {
-                    count_consumed(op, outcome);
-                }
-                for (job, outcome) in jobs.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(outcome);
-                }
+        if !holds.is_empty() {
+            commit(&pool, holds, hold_batch).await;
+        }
+    }
+}
+
+/// Runs one batch (once more on a deadlock or serialization failure with another
+/// replica), then answers its callers.
+async fn commit<'a, F, Fut>(pool: &'a PgPool, jobs: Vec<Job>, apply: F)
+where
+    F: Fn(&'a PgPool, Arc<[Op]>) -> Fut,
+    Fut: Future<Output = Result<Vec<Result<Outcome, CreditError>>, sqlx::Error>>,
+{
+    let ops: Arc<[Op]> = jobs.iter().map(|j| j.op.clone()).collect();
+    let started = std::time::Instant::now();
+    let mut result = apply(pool, ops.clone()).await;
+    if let Err(e) = &result
+        && is_retryable(e)
+    {
+        result = apply(pool, ops.clone()).await;
+    }
+    metrics::histogram!("tollgate_entitlements_credit_batch_seconds").record(started.elapsed());
+    metrics::histogram!("tollgate_entitlements_credit_batch_size").record(ops.len() as f64);
+    match result {
+        Ok(outcomes) => {
+            // Committed: count what was spent (a replayed key spent nothing now).
+            for (op, outcome) in ops.iter().zip(&outcomes) {
+                count_consumed(op, outcome);
             }
-            Err(e) => {
-                warn!(error = %e, batch = ops.len(), "credit batch failed; nothing applied");
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(CreditError::Database(e.to_string())));
-                }
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = job.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, batch = ops.len(), "credit batch failed; nothing applied");
+            for job in jobs {
+                let _ = job.reply.send(Err(CreditError::Database(e.to_string())));
             }
         }
     }
+}
+
+/// A batch of `Consume` calls: one round trip, the commit included.
+async fn consume_batch(
+    pool: &PgPool,
+    ops: Arc<[Op]>,
+) -> Result<Vec<Result<Outcome, CreditError>>, sqlx::Error> {
+    let mut customers = Vec::with_capacity(ops.len());
+    let mut amounts = Vec::with_capacity(ops.len());
+    let mut keys = Vec::with_capacity(ops.len());
+    for op in ops.iter() {
+        let Op::Consume {
+            customer_id,
+            amount,
+            key,
+        } = op
+        else {
+            unreachable!("commit_loop sends only Consume calls here");
+        };
+        customers.push(*customer_id);
+        amounts.push(*amount);
+        // Namespaced by customer: only a holder of that balance's lock writes it.
+        keys.push(format!("consume:{customer_id}:{key}"));
+    }
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT outcome, remaining FROM consume_credits($1, $2, $3)")
+            .bind(&customers)
+            .bind(&amounts)
+            .bind(&keys)
+            .fetch_all(pool)
+            .await?;
+    if rows.len() != ops.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "consume_credits answered {} rows for {} calls",
+            rows.len(),
+            ops.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(outcome, remaining)| {
+            let (status, replayed) = match outcome.as_str() {
+                "ok" => (Status::Ok, false),
+                "replayed" => (Status::Ok, true),
+                "insufficient" => (Status::InsufficientCredits, false),
+                _ => return Err(CreditError::KeyReused),
+            };
+            Ok(Outcome {
+                status,
+                remaining,
+                replayed,
+                reservation_id: None,
+                expires_at: None,
+            })
+        })
+        .collect())
 }
 
 /// `tollgate_entitlements_credits_consumed_total`: credits spent by a committed
@@ -208,7 +286,6 @@ struct Reservation {
 
 struct Batch {
     balances: HashMap<Uuid, i64>,
-    keys: HashMap<String, i64>,
     reservations: HashMap<Uuid, Reservation>,
     by_key: HashMap<String, Uuid>,
     ledger: Vec<(Uuid, i64, &'static str, String)>,
@@ -234,31 +311,12 @@ impl Batch {
 
     fn entry(&mut self, customer: Uuid, delta: i64, reason: &'static str, key: String) {
         *self.balances.entry(customer).or_insert(0) += delta;
-        self.keys.insert(key.clone(), delta);
         self.ledger.push((customer, delta, reason, key));
     }
 
     fn apply(&mut self, op: &Op) -> Result<Outcome, CreditError> {
         match op {
-            Op::Consume {
-                customer_id,
-                amount,
-                key,
-            } => {
-                let key = format!("consume:{customer_id}:{key}");
-                if let Some(delta) = self.keys.get(&key) {
-                    return if *delta == -amount {
-                        Ok(self.outcome(*customer_id, Status::Ok, true))
-                    } else {
-                        Err(CreditError::KeyReused)
-                    };
-                }
-                if self.balance(*customer_id) < *amount {
-                    return Ok(self.outcome(*customer_id, Status::InsufficientCredits, false));
-                }
-                self.entry(*customer_id, -amount, "consume", key);
-                Ok(self.outcome(*customer_id, Status::Ok, false))
-            }
+            Op::Consume { .. } => unreachable!("spends go through consume_batch"),
             Op::Reserve {
                 customer_id,
                 amount,
@@ -381,10 +439,11 @@ impl Batch {
     }
 }
 
-/// One transaction for the whole batch; the outcomes in request order.
-async fn apply_batch(
+/// A batch of holds (reserve, settle, release): one transaction; the outcomes in
+/// request order.
+async fn hold_batch(
     pool: &PgPool,
-    ops: &[Op],
+    ops: Arc<[Op]>,
 ) -> Result<Vec<Result<Outcome, CreditError>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut customers: Vec<Uuid> = ops.iter().map(Op::customer_id).collect();
@@ -400,14 +459,11 @@ async fn apply_batch(
     .bind(&customers)
     .fetch_all(&mut *tx)
     .await?;
-    let mut ledger_keys = Vec::new();
     let mut reservation_keys = Vec::new();
     let mut reservation_ids = Vec::new();
-    for op in ops {
+    for op in ops.iter() {
         match op {
-            Op::Consume {
-                customer_id, key, ..
-            } => ledger_keys.push(format!("consume:{customer_id}:{key}")),
+            Op::Consume { .. } => unreachable!("spends go through consume_batch"),
             Op::Reserve {
                 customer_id, key, ..
             } => reservation_keys.push(format!("reserve:{customer_id}:{key}")),
@@ -416,16 +472,6 @@ async fn apply_batch(
             }
         }
     }
-    let keys: Vec<(String, i64)> = if ledger_keys.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT idempotency_key, delta FROM credit_ledger WHERE idempotency_key = ANY($1)",
-        )
-        .bind(&ledger_keys)
-        .fetch_all(&mut *tx)
-        .await?
-    };
     let reservations: Vec<Reservation> =
         if reservation_keys.is_empty() && reservation_ids.is_empty() {
             Vec::new()
@@ -443,7 +489,6 @@ async fn apply_batch(
     let now = Utc::now();
     let mut batch = Batch {
         balances: balances.into_iter().collect(),
-        keys: keys.into_iter().collect(),
         by_key: reservations
             .iter()
             .map(|r| (r.idempotency_key.clone(), r.id))

@@ -157,6 +157,73 @@ async fn a_retried_key_applies_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_sent_concurrently_spends_once_and_replays_the_rest() {
+    let mut app = spawn_app(Options::default()).await;
+    let customer = app
+        .seed(Seed {
+            user_id: "twice",
+            email: "twice@example.com",
+            status: "active",
+            tier: "pro",
+            features: &[],
+        })
+        .await;
+    app.set_balance(customer, 100).await;
+    // Sent together, most of these land in one batch: the key is new to the ledger
+    // and first spent inside that same batch, while reserves share the balance.
+    let spends: Vec<_> = (0..12)
+        .map(|_| {
+            let client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .clone()
+                    .consume_credits(service(pb::ConsumeCreditsRequest {
+                        subject: "twice".into(),
+                        amount: 25,
+                        idempotency_key: "order-new".into(),
+                    }))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            })
+        })
+        .collect();
+    let holds: Vec<_> = (0..4)
+        .map(|n| {
+            let client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .clone()
+                    .reserve(service(pb::ReserveRequest {
+                        subject: "twice".into(),
+                        amount: 10,
+                        idempotency_key: format!("job-{n}"),
+                        ttl_seconds: 60,
+                    }))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            })
+        })
+        .collect();
+    let mut spent = 0;
+    for spend in spends {
+        let answer = spend.await.unwrap();
+        assert!(answer.ok, "{answer:?}");
+        if !answer.replayed {
+            spent += 1;
+        }
+    }
+    assert_eq!(spent, 1, "exactly one call spends the key");
+    for hold in holds {
+        assert!(hold.await.unwrap().ok);
+    }
+    assert_eq!(balance(&app, customer).await, 100 - 25 - 4 * 10);
+    assert_eq!(ledger_sum(&app, customer).await, -25 - 4 * 10);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserve_then_release_restores_and_settle_spends_only_what_was_used() {
     let mut app = spawn_app(Options::default()).await;
     let customer = app
