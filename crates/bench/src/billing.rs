@@ -15,6 +15,7 @@ use tollgate_broker::{Publisher, PublisherConfig};
 use tollgate_events::topology::{BILLING_QUEUE, EVENTS_EXCHANGE};
 use tollgate_test_support::{TestDatabase, TestVhost};
 
+use crate::report::{Figure, per_second};
 use crate::stats::median;
 
 pub struct Options {
@@ -100,7 +101,7 @@ fn billing_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     let database = TestDatabase::create().await;
     let vhost = TestVhost::create();
     let plans = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/plans.toml");
@@ -265,7 +266,25 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
     println!();
     println!("ratio billing / pgbench: {ratio:.2}  (goal >= 0.5)");
-    Ok(())
+    Ok(vec![
+        Figure::new(
+            "billing",
+            format!(
+                "Stripe events applied exactly once, median of {} rounds of {}",
+                options.rounds, options.events
+            ),
+        )
+        .measured(per_second(billing_rate))
+        .baseline(
+            format!(
+                "{} pgbench (insert + update, {} clients)",
+                per_second(pgbench_tps),
+                options.pgbench_clients
+            ),
+            ratio,
+        )
+        .goal("ratio ≥ 0.5", ratio >= 0.5),
+    ])
 }
 
 async fn pgbench_setup(pool: &sqlx::PgPool, options: &Options) -> anyhow::Result<()> {

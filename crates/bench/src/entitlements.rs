@@ -24,6 +24,7 @@ use tollgate_test_support::{TestDatabase, TestRedis, TestVhost, signed_headers, 
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::report::{Figure, per_second};
 use crate::stats::{Phase, median};
 
 const TOKEN: &str = "bench-service-token-0123456789";
@@ -328,11 +329,15 @@ async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     let database = TestDatabase::create().await;
     let vhost = TestVhost::create();
     let redis = TestRedis::create();
-    let plans = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/plans.toml");
+    // `make` runs the benchmark from the workspace root.
+    let plans = std::env::current_dir()?.join("config/plans.toml");
+    if !plans.exists() {
+        bail!("{} not found: run from the workspace root", plans.display());
+    }
     let pool = database.pool().await;
     let migrated = tokio::process::Command::new(sibling("billing")?)
         .arg("migrate")
@@ -408,6 +413,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
 
     // 1. Check beside the echo baseline, alternating.
+    let handler_before = check_handler_time(metrics_port).await?;
     let (mut echo_phases, mut check_phases, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..options.rounds {
         let e = check_phase(&baseline, &options, None).await;
@@ -418,6 +424,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     let echo_all = Phase::merge(&echo_phases);
     let check_all = Phase::merge(&check_phases);
+    let handler_after = check_handler_time(metrics_port).await?;
+    let handler_us =
+        1e6 * (handler_after.0 - handler_before.0) / (handler_after.1 - handler_before.1);
     // 2. Half load, paced.
     let half = check_phase(&ours, &options, Some(check_all.rate() / 2.0)).await;
     echo.kill().await.ok();
@@ -428,26 +437,29 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .connect(&database.url())
         .await?;
     let customers = options.customers;
-    let direct = drive(
-        options.concurrency,
-        options.seconds,
-        None,
-        move |worker, n| {
-            let pg = pg.clone();
-            async move {
-                let row: Result<(String, Option<String>), _> =
-                    sqlx::query_as("SELECT access_status, tier FROM customers WHERE user_id = $1")
-                        .bind(format!(
-                            "bench_user_{}",
-                            (worker * 7919 + n as usize) % customers
-                        ))
-                        .fetch_one(&pg)
-                        .await;
-                row.is_ok_and(|(status, tier)| status == "active" && tier.as_deref() == Some("pro"))
-            }
-        },
-    )
+    let query = move |pg: sqlx::PgPool, worker: usize, n: u64| async move {
+        let row: Result<(String, Option<String>), _> =
+            sqlx::query_as("SELECT access_status, tier FROM customers WHERE user_id = $1")
+                .bind(format!(
+                    "bench_user_{}",
+                    (worker * 7919 + n as usize) % customers
+                ))
+                .fetch_one(&pg)
+                .await;
+        row.is_ok_and(|(status, tier)| status == "active" && tier.as_deref() == Some("pro"))
+    };
+    let direct = drive(options.concurrency, options.seconds, None, {
+        let pg = pg.clone();
+        move |worker, n| query(pg.clone(), worker, n)
+    })
     .await;
+    // The same query alone, to set its cost beside the Check handler's.
+    let direct_alone = drive(1, options.seconds, None, {
+        let pg = pg.clone();
+        move |worker, n| query(pg.clone(), worker, n)
+    })
+    .await;
+    let query_us = direct_alone.elapsed.as_secs_f64() * 1e6 / direct_alone.ok as f64;
 
     // 5. Credits: 64 callers on one balance.
     let spender: uuid::Uuid =
@@ -505,17 +517,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     row("one PostgreSQL query per check", &direct);
     row("ConsumeCredits, 64 callers, one balance", &credits);
     println!();
-    println!(
-        "Check / echo (median of rounds): {:.2}  (goal >= 0.80)",
-        median(ratios)
-    );
+    let check_ratio = median(ratios);
+    println!("Check / echo (median of rounds): {check_ratio:.2}  (goal >= 0.80)");
     println!(
         "p99 at half load: {:.3} ms  (goal <= 1 ms)",
         half.percentile_ms(0.99)
     );
     println!(
-        "Check / direct PostgreSQL: {:.1}x  (goal >= 20x)",
-        check_all.rate() / direct.rate()
+        "Check / direct PostgreSQL over the wire: {:.1}x;  answering a Check in the service: {handler_us:.1} µs vs {query_us:.0} µs for the query alone: {:.0}x  (goal >= 20x)",
+        check_all.rate() / direct.rate(),
+        query_us / handler_us
     );
     println!(
         "credit consumptions: {:.0}/s  (goal >= 5,000/s){batches}",
@@ -530,25 +541,97 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         revocation.percentile_ms(0.99),
         revocation.percentile_ms(1.0)
     );
-    Ok(())
+    let half_p99 = half.percentile_ms(0.99);
+    let direct_ratio = check_all.rate() / direct.rate();
+    let revocation_p99 = revocation.percentile_ms(0.99);
+    Ok(vec![
+        Figure::new(
+            "entitlements",
+            format!(
+                "Check, {} callers over {} channels",
+                options.concurrency, options.channels
+            ),
+        )
+        .measured(format!(
+            "{} (p99 {:.2} ms)",
+            per_second(check_all.rate()),
+            check_all.percentile_ms(0.99)
+        ))
+        .baseline(
+            format!("{} bare tonic echo", per_second(echo_all.rate())),
+            check_ratio,
+        )
+        .goal("ratio ≥ 0.80", check_ratio >= 0.8),
+        Figure::new(
+            "entitlements",
+            format!("Check p99 at half load ({} paced)", per_second(check_all.rate() / 2.0)),
+        )
+        .measured(format!("{half_p99:.2} ms (p50 {:.2} ms)", half.percentile_ms(0.5)))
+        .goal("≤ 1 ms", half_p99 <= 1.0),
+        Figure::new(
+            "entitlements",
+            "answering a Check (in the service, at full load) vs one PostgreSQL query",
+        )
+        .measured(format!("{handler_us:.1} µs"))
+        .baseline(format!("{query_us:.0} µs"), query_us / handler_us)
+        .goal("query ≥ 20× slower", query_us / handler_us >= 20.0),
+        Figure::new(
+            "entitlements",
+            "Check over gRPC vs one PostgreSQL query per call, both from the client",
+        )
+        .measured(per_second(check_all.rate()))
+        .baseline(per_second(direct.rate()), direct_ratio),
+        Figure::new(
+            "entitlements",
+            format!(
+                "revocation: webhook POST to denied Check, {} other events/s",
+                options.background_rate
+            ),
+        )
+        .measured(format!(
+            "p99 {revocation_p99:.1} ms (p50 {:.1} ms, {} samples)",
+            revocation.percentile_ms(0.5),
+            revocation.latencies_us.len()
+        ))
+        .goal("p99 ≤ 50 ms", revocation_p99 <= 50.0 && revocation.errors == 0),
+        Figure::new("entitlements", "ConsumeCredits, 64 callers on one balance")
+            .measured(per_second(credits.rate()))
+            .goal("≥ 5,000/s", credits.rate() >= 5000.0),
+    ])
 }
 
-/// The committed credit batches' mean size and duration, from the service's metrics.
-async fn credit_batches(metrics_port: u16) -> anyhow::Result<String> {
+/// One sample of the service's Prometheus text (`name` with its labels, exactly as
+/// rendered), or NaN.
+async fn metric(metrics_port: u16, name: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
         .await?
         .text()
         .await?;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let batches = value("tollgate_entitlements_credit_batch_size_count");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN))
+}
+
+/// Seconds spent inside the service's Check handler and calls answered, so far:
+/// what answering costs once a request has arrived, transport excluded.
+async fn check_handler_time(metrics_port: u16) -> anyhow::Result<(f64, f64)> {
+    let series = r#"tollgate_entitlements_rpc_seconds_{}{rpc="Check",outcome="ok"}"#;
+    Ok((
+        metric(metrics_port, &series.replace("{}", "sum")).await?,
+        metric(metrics_port, &series.replace("{}", "count")).await?,
+    ))
+}
+
+/// The committed credit batches' mean size and duration, from the service's metrics.
+async fn credit_batches(metrics_port: u16) -> anyhow::Result<String> {
+    let batches = metric(metrics_port, "tollgate_entitlements_credit_batch_size_count").await?;
+    let size = metric(metrics_port, "tollgate_entitlements_credit_batch_size_sum").await?;
+    let seconds = metric(metrics_port, "tollgate_entitlements_credit_batch_seconds_sum").await?;
     Ok(format!(
         "; {batches:.0} transactions, {:.1} operations and {:.2} ms each on average",
-        value("tollgate_entitlements_credit_batch_size_sum") / batches,
-        1000.0 * value("tollgate_entitlements_credit_batch_seconds_sum") / batches,
+        size / batches,
+        1000.0 * seconds / batches,
     ))
 }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tollgate_events::topology::{BILLING_QUEUE, EVENTS_EXCHANGE, PERSISTENT};
 use tollgate_test_support::{TestVhost, stripe_fixture, unix_now};
 
+use crate::report::{Figure, per_second};
 use crate::stats::{Phase, median};
 
 const SECRET: &str = "whsec_bench_secret";
@@ -83,7 +84,7 @@ fn ingest_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     let vhost = TestVhost::create();
     let (template, digits_at) = payload_template()?;
     let port = free_port()?;
@@ -210,7 +211,26 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     println!();
     println!("ratio ingest / raw broker (median of rounds): {ratio:.2}  (goal >= 0.85)");
     child.kill().await.ok();
-    Ok(())
+    Ok(vec![
+        Figure::new(
+            "ingest",
+            format!(
+                "signed webhooks accepted (verified, published, confirmed), concurrency {}",
+                options.concurrency
+            ),
+        )
+        .measured(per_second(ingest.rate()))
+        .baseline(
+            format!("{} raw lapin publish + confirm", per_second(raw.rate())),
+            ratio,
+        )
+        .goal("ratio ≥ 0.85", ratio >= 0.85),
+        Figure::new("ingest", "webhook p99 at full load").measured(format!(
+            "{:.2} ms (raw {:.2} ms)",
+            ingest.percentile_ms(0.99),
+            raw.percentile_ms(0.99)
+        )),
+    ])
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -15,6 +15,7 @@
 mod billing;
 mod entitlements;
 mod ingest;
+mod report;
 mod stats;
 
 use anyhow::bail;
@@ -23,9 +24,12 @@ use anyhow::bail;
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("ingest") => ingest::run(ingest::Options::parse(args)?).await,
-        Some("billing") => billing::run(billing::Options::parse(args)?).await,
-        Some("entitlements") => entitlements::run(entitlements::Options::parse(args)?).await,
+        Some("ingest") => ingest::run(ingest::Options::parse(args)?).await.map(drop),
+        Some("billing") => billing::run(billing::Options::parse(args)?).await.map(drop),
+        Some("entitlements") => entitlements::run(entitlements::Options::parse(args)?)
+            .await
+            .map(drop),
+        Some("all") => all(args).await,
         // The baseline server `entitlements` starts in a process of its own.
         Some("entitlements-echo") => {
             let addr = args
@@ -37,7 +41,40 @@ async fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: tollgate-bench ingest [--concurrency N] [--seconds S] [--rounds R] [--ingest-bin PATH]\n       \
              tollgate-bench billing [--events N] [--customers N] [--pgbench-clients N] [--pgbench-seconds S] [--billing-bin PATH]\n       \
-             tollgate-bench entitlements [--concurrency N] [--channels N] [--seconds S] [--rounds R] [--customers N] [--revocations N] [--background-rate N]"
+             tollgate-bench entitlements [--concurrency N] [--channels N] [--seconds S] [--rounds R] [--customers N] [--revocations N] [--background-rate N]\n       \
+             tollgate-bench all [--out docs/benchmarks.md] [--readme README.md]"
         ),
     }
+}
+
+/// Every benchmark with its defaults, one after the other; the figures go to
+/// `docs/benchmarks.md` and into the README.
+async fn all(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let root = std::env::current_dir()?;
+    let (mut out, mut readme) = (root.join("docs/benchmarks.md"), root.join("README.md"));
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--out" => out = value.into(),
+            "--readme" => readme = value.into(),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    let mut figures = Vec::new();
+    println!("== ingest ==");
+    figures.extend(ingest::run(ingest::Options::parse(std::iter::empty())?).await?);
+    println!("\n== billing ==");
+    figures.extend(billing::run(billing::Options::parse(std::iter::empty())?).await?);
+    println!("\n== entitlements ==");
+    figures.extend(entitlements::run(entitlements::Options::parse(std::iter::empty())?).await?);
+    let database = tollgate_test_support::TestDatabase::create().await;
+    let machine = report::Machine::describe(&database.url()).await;
+    std::fs::write(
+        &out,
+        report::document(&figures, &machine, "make bench"),
+    )?;
+    report::quote_in_readme(&readme, &report::table(&figures))?;
+    println!("\n{}", report::table(&figures));
+    println!("written to {} and quoted in {}", out.display(), readme.display());
+    Ok(())
 }
