@@ -7,7 +7,8 @@
 //! JWTs, billing's API (users, services, an admin, checkout through the Stripe
 //! stand-in) and Dialogflow turns through fulfillment; bad signatures, bad tokens, other
 //! users' data and unknown users. Then every line is searched for every configured
-//! secret, for every token the test made, and for anything shaped like an email address.
+//! secret, for every token the test made, and for anything shaped like an email address;
+//! so is every service's `/metrics` as Prometheus would scrape it.
 
 mod support;
 
@@ -192,7 +193,7 @@ fn cx_turn(tag: &str, parameters: Value) -> Value {
     request
 }
 
-/// What one run produced: each service's whole output.
+/// What one run produced: each service's whole output, and its metrics.
 struct Run {
     logs: Vec<(String, String)>,
     /// Every bearer token and signature the test sent (JWTs included).
@@ -568,14 +569,24 @@ async fn run(format: &str) -> Run {
     .expect("fulfillment answers");
     assert_eq!(refused.status(), 401);
 
-    // Everything said; stop each service (SIGTERM, a clean exit) so its output is whole.
+    // Everything said. What Prometheus would scrape is searched as well: no label may
+    // carry a user, an address or a token.
+    let mut scraped = Vec::new();
+    for service in [&*fulfillment, &*ingest, &*entitlements, &*billing] {
+        scraped.push((
+            format!("{} /metrics", service.name),
+            service.metrics().await,
+        ));
+    }
+    // Stop each service (SIGTERM, a clean exit) so its output is whole.
     for service in [fulfillment, ingest, entitlements, billing] {
         service.terminate().await;
     }
-    let logs = services
+    let mut logs: Vec<(String, String)> = services
         .iter()
         .map(|s: &Service| (s.name.clone(), s.log()))
         .collect();
+    logs.extend(scraped);
     drop(pool);
     Run {
         logs,
@@ -624,7 +635,11 @@ fn leaks(run: &Run) -> Vec<String> {
 
 /// The logs really are at DEBUG, in the format asked for, and not empty.
 fn assert_captured(run: &Run, format: &str) {
-    for (service, log) in &run.logs {
+    for (service, log) in run
+        .logs
+        .iter()
+        .filter(|(name, _)| !name.ends_with("/metrics"))
+    {
         let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(lines.len() > 20, "{service} logged {} lines", lines.len());
         match format {
