@@ -27,13 +27,14 @@ export FULFILLMENT_BILLING_API_URL ?= http://127.0.0.1:8082
 export FULFILLMENT_BILLING_API_TOKEN ?= local-development-token-only
 export LOG_FORMAT ?= text
 
-.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger validate-k8s
+.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger validate-k8s audit
 
 help:
 	@echo "make run           bring up PostgreSQL, RabbitMQ, Redis and run the stack in the foreground"
 	@echo "make test          every test (sets up what it needs)"
 	@echo "make lint          rustfmt check and clippy -D warnings"
 	@echo "make validate-k8s  render and check k8s/ and deploy/ offline (part of make test)"
+	@echo "make audit         dependency audit: cargo-deny, npm audit, PyPI advisories (docs/security.md)"
 	@echo "make bench-ingest  ingest throughput against the raw broker publish-confirm rate"
 	@echo "make bench-billing events applied per second against a pgbench baseline"
 	@echo "make bench-entitlements  Check vs a bare tonic echo and a PostgreSQL query; revocation latency; credits/s"
@@ -53,6 +54,9 @@ test: services
 
 validate-k8s:
 	@scripts/validate-k8s.sh
+
+audit:
+	@scripts/audit.sh
 
 lint:
 	$(CARGO) fmt --all --check

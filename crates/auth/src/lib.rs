@@ -1,5 +1,6 @@
 //! Who is calling, from an `Authorization: Bearer <token>` value: one of a set of
-//! configured tokens (internal callers; compared in constant time, against every token),
+//! configured tokens (internal callers; their SHA-256 digests compared in constant time,
+//! against every token, so neither a token's contents nor its length leak through timing),
 //! or an end user's JWT (HS256 with a shared secret, or RS256 with a key from a JWKS URL,
 //! cached). The services decide what each kind of caller may do; this crate only says
 //! who the caller is.
@@ -11,6 +12,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Unknown key ids trigger at most one JWKS fetch per this interval.
@@ -27,34 +29,38 @@ pub fn bearer_token(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// A set of secret tokens, compared in constant time.
+/// A set of secret tokens, compared in constant time. Only their SHA-256 digests are
+/// kept and compared: comparing the tokens themselves would return early on a length
+/// mismatch and so tell a guesser how long the tokens are.
 #[derive(Clone, Default)]
 pub struct TokenSet {
-    tokens: Vec<Vec<u8>>,
+    digests: Vec<[u8; 32]>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl std::fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenSet({} tokens)", self.tokens.len())
+        write!(f, "TokenSet({} tokens)", self.digests.len())
     }
 }
 
 impl TokenSet {
     pub fn new<S: AsRef<str>>(tokens: impl IntoIterator<Item = S>) -> Self {
         Self {
-            tokens: tokens
-                .into_iter()
-                .map(|t| t.as_ref().as_bytes().to_vec())
-                .collect(),
+            digests: tokens.into_iter().map(|t| digest(t.as_ref())).collect(),
         }
     }
 
     /// The index of the matching token. Every token is compared, without stopping at
     /// the first match, so the time taken says nothing about which (if any) matched.
     pub fn position(&self, token: &str) -> Option<usize> {
+        let given = digest(token);
         let mut found = None;
-        for (i, known) in self.tokens.iter().enumerate() {
-            if bool::from(known.as_slice().ct_eq(token.as_bytes())) {
+        for (i, known) in self.digests.iter().enumerate() {
+            if bool::from(known.ct_eq(&given)) {
                 found = Some(i);
             }
         }
@@ -66,7 +72,7 @@ impl TokenSet {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+        self.digests.is_empty()
     }
 }
 
@@ -148,6 +154,9 @@ impl JwtVerifier {
     fn validation(&self, algorithm: Algorithm) -> Validation {
         let mut validation = Validation::new(algorithm);
         validation.leeway = 30;
+        // A token issued for later (`nbf`) is not valid yet; jsonwebtoken skips the check
+        // unless asked.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
@@ -308,12 +317,15 @@ mod tests {
         other_audience["aud"] = "someone-else".into();
         let mut no_sub = good.clone();
         no_sub["sub"] = "".into();
+        let mut not_yet = good.clone();
+        not_yet["nbf"] = (exp - 3600).into();
         for token in [
             hs256(good.clone(), "another-secret-of-thirty-two-bytes!!!"),
             hs256(expired, secret),
             hs256(other_issuer, secret),
             hs256(other_audience, secret),
             hs256(no_sub, secret),
+            hs256(not_yet, secret),
             "not.a.jwt".to_string(),
         ] {
             assert_eq!(verifier.verify(&token).await, Err(InvalidToken), "{token}");

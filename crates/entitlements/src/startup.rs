@@ -26,6 +26,16 @@ use crate::quotas::Quotas;
 use crate::service::{EntitlementsService, State};
 use crate::test_users::{self, TestUsers};
 
+/// Largest request message accepted, encoded (tonic's default is 4 MiB). The largest
+/// legitimate request, a CheckBatch of 100 features of 200 bytes, is about 21 KiB; a
+/// bigger one is refused (`OUT_OF_RANGE`) before it is buffered whole.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Concurrent streams per HTTP/2 connection. tonic passes "no limit" to hyper unless told
+/// otherwise, and each open Watch holds a task and a queue: one connection could
+/// otherwise hold any number of them. hyper's own default.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 200;
+
 pub struct Application {
     addr: SocketAddr,
     metrics_addr: SocketAddr,
@@ -140,7 +150,10 @@ impl Application {
             .build_v1()
             .context("reflection service")?;
         let routes = Routes::builder()
-            .add_service(EntitlementsServer::new(EntitlementsService::new(state)))
+            .add_service(
+                EntitlementsServer::new(EntitlementsService::new(state))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .add_service(health_service)
             .add_service(reflection)
             .clone()
@@ -176,6 +189,7 @@ impl Application {
         let mut shutdown = stop_rx.clone();
         let server = Server::builder()
             .accept_http1(true)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(cors(&config.cors_origins)?)
             .layer(tonic_web::GrpcWebLayer::new())

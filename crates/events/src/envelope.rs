@@ -23,7 +23,15 @@ pub struct EventEnvelope {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error("the body is not a JSON event: {0}")]
+    /// Printed as its kind and position only: serde's own message quotes the offending
+    /// value ("invalid type: string \"someone@example.com\""), which would carry a
+    /// payload's personal data into logs and dead-letter reasons.
+    #[error(
+        "the body is not a JSON event ({}, at line {} column {})",
+        json_error_kind(.0),
+        .0.line(),
+        .0.column()
+    )]
     Json(#[from] serde_json::Error),
     #[error("the event `{0}` is empty")]
     Empty(&'static str),
@@ -47,6 +55,15 @@ impl EventEnvelope {
         check_token("id", &envelope.id)?;
         check_token("type", &envelope.event_type)?;
         Ok(envelope)
+    }
+}
+
+fn json_error_kind(error: &serde_json::Error) -> &'static str {
+    match error.classify() {
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "a field is missing or of the wrong type",
+        serde_json::error::Category::Eof => "the JSON ends early",
+        serde_json::error::Category::Io => "the body could not be read",
     }
 }
 
@@ -101,6 +118,21 @@ mod tests {
         let envelope = EventEnvelope::parse(body).unwrap();
         assert_eq!(envelope.api_version, None);
         assert_eq!(envelope.account.as_deref(), Some("acct_9"));
+    }
+
+    #[test]
+    fn json_errors_never_quote_the_body() {
+        let body = br#"{"id":"evt_1","type":"a","created":"someone@example.com","livemode":false}"#;
+        let error = EventEnvelope::parse(body).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the body is not a JSON event (a field is missing or of the wrong type, at line 1 column 56)"
+        );
+        let truncated = EventEnvelope::parse(br#"{"id":"evt_1","type":"#).unwrap_err();
+        assert!(
+            truncated.to_string().contains("the JSON ends early"),
+            "{truncated}"
+        );
     }
 
     #[test]

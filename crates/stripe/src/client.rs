@@ -87,10 +87,14 @@ pub struct Rejection {
     pub code: Option<String>,
     /// The parameter at fault (`customer`, `line_items[0][price]`).
     pub param: Option<String>,
-    /// Stripe's message, meant for developers (it may name ids; never the key).
+    /// Stripe's message, meant for developers (it may name ids; never the key). It may
+    /// also quote what was sent, a customer's email address included ("Invalid email
+    /// address: ..."): the caller may see it, logs never do.
     pub message: String,
 }
 
+/// Status, type, code and parameter: what an operator needs, and nothing Stripe quoted
+/// back (so an error logged with `%` holds no personal data).
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.status, self.error_type)?;
@@ -100,7 +104,7 @@ impl std::fmt::Display for Rejection {
         if let Some(param) = &self.param {
             write!(f, " ({param})")?;
         }
-        write!(f, ": {}", self.message)
+        Ok(())
     }
 }
 

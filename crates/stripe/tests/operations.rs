@@ -187,6 +187,11 @@ async fn refusals_keep_stripe_s_reason_and_deletes_carry_no_body() {
     );
     assert!(!error.is_transient());
     assert!(!error.to_string().contains(KEY));
+    // Printed (and so logged) without Stripe's message, which may quote what was sent.
+    assert_eq!(
+        error.to_string(),
+        "Stripe refused the request: 400 invalid_request_error resource_missing (customer)"
+    );
 
     let mut canceled = stripe_object("subscription");
     canceled["id"] = "sub_now".into();

@@ -32,6 +32,9 @@ fn server_options() -> PgConnectOptions {
 pub struct TestDatabase {
     name: String,
     options: PgConnectOptions,
+    /// A login role made to own this database ([`TestDatabase::url_with_password`]),
+    /// dropped with it.
+    owner_role: std::sync::Mutex<Option<String>>,
 }
 
 impl TestDatabase {
@@ -51,7 +54,41 @@ impl TestDatabase {
         Self {
             options: admin.clone().database(&name),
             name,
+            owner_role: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A URL for this database as a login role of its own, made now with `password` and
+    /// given the database: for a test that needs a password no other test uses (one
+    /// that looks for it in logs). `password` must be letters, digits and `-` or `_`.
+    pub async fn url_with_password(&self, password: &str) -> String {
+        assert!(
+            password
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "a password this helper can quote: {password}"
+        );
+        let role = format!("{}_owner", self.name);
+        let mut connection = sqlx::PgConnection::connect_with(&server_options())
+            .await
+            .expect("PostgreSQL reachable");
+        // The role and database names are ours (a UUID); the password was checked above.
+        for statement in [
+            format!(r#"CREATE ROLE "{role}" LOGIN PASSWORD '{password}'"#),
+            format!(r#"ALTER DATABASE "{}" OWNER TO "{role}""#, self.name),
+        ] {
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&mut connection)
+                .await
+                .expect("making the database's owner role");
+        }
+        connection.close().await.ok();
+        *self
+            .owner_role
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(role.clone());
+        let (_, host) = split_url(&server_url());
+        format!("postgres://{role}:{password}@{host}/{}", self.name)
     }
 
     pub fn name(&self) -> &str {
@@ -89,6 +126,11 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         // Drop runs outside any async context guarantee: use a private runtime on a thread.
         let name = self.name.clone();
+        let role = self
+            .owner_role
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let admin = server_options();
         let result = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -102,6 +144,11 @@ impl Drop for TestDatabase {
                 )))
                 .execute(&mut connection)
                 .await?;
+                if let Some(role) = role {
+                    sqlx::query(AssertSqlSafe(format!(r#"DROP ROLE IF EXISTS "{role}""#)))
+                        .execute(&mut connection)
+                        .await?;
+                }
                 connection.close().await
             })
         })

@@ -23,6 +23,8 @@ fn credentials() -> (String, String) {
 
 pub struct TestVhost {
     name: String,
+    /// Users made for this vhost alone ([`TestVhost::amqp_url_with_password`]), deleted with it.
+    users: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestVhost {
@@ -38,7 +40,10 @@ impl TestVhost {
             r#"{"configure":".*","write":".*","read":".*"}"#,
         )
         .unwrap_or_else(|e| panic!("granting permissions on {name}: {e}"));
-        Self { name }
+        Self {
+            name,
+            users: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -57,8 +62,44 @@ impl TestVhost {
     }
 }
 
+impl TestVhost {
+    /// AMQP URL of this vhost as a user of its own, made now with `password` and full
+    /// rights in this vhost only: for a test that needs a password no other test uses
+    /// (one that looks for it in logs). `password` must be URL-safe as it is.
+    pub fn amqp_url_with_password(&self, password: &str) -> String {
+        let user = format!("tollgate-test-{}", uuid::Uuid::new_v4().simple());
+        management(
+            "PUT",
+            &format!("/api/users/{user}"),
+            &format!(r#"{{"password":"{password}","tags":""}}"#),
+        )
+        .unwrap_or_else(|e| panic!("creating user {user}: {e}"));
+        self.users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(user.clone());
+        management(
+            "PUT",
+            &format!("/api/permissions/{}/{user}", self.name),
+            r#"{"configure":".*","write":".*","read":".*"}"#,
+        )
+        .unwrap_or_else(|e| panic!("granting {user} permissions on {}: {e}", self.name));
+        format!("amqp://{user}:{password}@{}/{}", broker_addr(), self.name)
+    }
+}
+
 impl Drop for TestVhost {
     fn drop(&mut self) {
+        let users = std::mem::take(
+            self.users
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for user in users {
+            if let Err(e) = management("DELETE", &format!("/api/users/{user}"), "") {
+                eprintln!("warning: could not delete test user {user}: {e}");
+            }
+        }
         if let Err(e) = management("DELETE", &format!("/api/vhosts/{}", self.name), "") {
             eprintln!("warning: could not delete test vhost {}: {e}", self.name);
         }

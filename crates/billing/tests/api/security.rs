@@ -171,6 +171,14 @@ async fn every_answer_carries_security_headers_and_errors_are_json() {
         assert_eq!(answer.header("x-frame-options"), Some("DENY"));
         assert_eq!(answer.header("cache-control"), Some("no-store"));
         assert_eq!(answer.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(
+            answer.header("strict-transport-security"),
+            Some("max-age=63072000")
+        );
+        assert_eq!(
+            answer.header("cross-origin-opener-policy"),
+            Some("same-origin")
+        );
         assert!(
             answer
                 .header("content-security-policy")

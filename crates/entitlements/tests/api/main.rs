@@ -7,5 +7,6 @@ mod helpers;
 mod access;
 mod credits;
 mod freshness;
+mod limits;
 mod security;
 mod watch;

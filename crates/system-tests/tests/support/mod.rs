@@ -23,6 +23,7 @@ pub const WEBHOOK_SECRET: &str = "whsec_system_test_only";
 pub const INGEST: &str = env!("CARGO_BIN_EXE_system-ingest");
 pub const BILLING: &str = env!("CARGO_BIN_EXE_system-billing");
 pub const ENTITLEMENTS: &str = env!("CARGO_BIN_EXE_system-entitlements");
+pub const FULFILLMENT: &str = env!("CARGO_BIN_EXE_system-fulfillment");
 
 /// Generous bound on anything the tests wait for (a slow, shared 2-core machine).
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -51,6 +52,10 @@ pub struct Stores {
     pub db: TestDatabase,
     pub vhost: TestVhost,
     pub redis: TestRedis,
+    /// `DATABASE_URL` and `AMQP_URL` the services get: the shared test credentials, or a
+    /// role and a user of this test's own ([`Stores::create_with_passwords`]).
+    pub database_url: String,
+    pub amqp_url: String,
     /// Where the services' logs go (their tails are printed when something fails;
     /// removed after a passing test).
     pub logs: PathBuf,
@@ -58,13 +63,34 @@ pub struct Stores {
 
 impl Stores {
     pub async fn create() -> Self {
+        Self::create_as(None).await
+    }
+
+    /// Stores whose PostgreSQL role and RabbitMQ user are the test's own, with these
+    /// passwords (which then appear in the services' `DATABASE_URL` and `AMQP_URL`).
+    pub async fn create_with_passwords(database: &str, amqp: &str) -> Self {
+        Self::create_as(Some((database, amqp))).await
+    }
+
+    async fn create_as(passwords: Option<(&str, &str)>) -> Self {
         let logs =
             std::env::temp_dir().join(format!("tollgate-system-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&logs).expect("a log directory");
+        let db = TestDatabase::create().await;
+        let vhost = TestVhost::create();
+        let (database_url, amqp_url) = match passwords {
+            Some((database, amqp)) => (
+                db.url_with_password(database).await,
+                vhost.amqp_url_with_password(amqp),
+            ),
+            None => (db.url(), vhost.amqp_url()),
+        };
         let stores = Self {
-            db: TestDatabase::create().await,
-            vhost: TestVhost::create(),
+            db,
+            vhost,
             redis: TestRedis::create(),
+            database_url,
+            amqp_url,
             logs,
         };
         // What the `tollgate-migrate` Job does before any service starts.
@@ -72,8 +98,8 @@ impl Stores {
             .arg("migrate")
             .env_clear()
             .envs(stores.common_env())
-            .env("DATABASE_URL", stores.db.url())
-            .env("AMQP_URL", stores.vhost.amqp_url())
+            .env("DATABASE_URL", &stores.database_url)
+            .env("AMQP_URL", &stores.amqp_url)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .status()
@@ -98,7 +124,7 @@ impl Stores {
         env.extend([
             ("INGEST_ADDR".into(), format!("127.0.0.1:{port}")),
             ("INGEST_WORKERS".into(), "1".into()),
-            ("AMQP_URL".into(), self.vhost.amqp_url()),
+            ("AMQP_URL".into(), self.amqp_url.clone()),
             ("STRIPE_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()),
         ]);
         self.service(
@@ -120,8 +146,8 @@ impl Stores {
             ("BILLING_WORKERS".into(), "2".into()),
             ("BILLING_GAUGES_INTERVAL_SECS".into(), "1".into()),
             ("DATABASE_MAX_CONNECTIONS".into(), "4".into()),
-            ("DATABASE_URL".into(), self.db.url()),
-            ("AMQP_URL".into(), self.vhost.amqp_url()),
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("AMQP_URL".into(), self.amqp_url.clone()),
         ]);
         self.service(
             name,
@@ -148,13 +174,40 @@ impl Stores {
                 self.redis.prefix().to_string(),
             ),
             ("DATABASE_MAX_CONNECTIONS".into(), "4".into()),
-            ("DATABASE_URL".into(), self.db.url()),
-            ("AMQP_URL".into(), self.vhost.amqp_url()),
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("AMQP_URL".into(), self.amqp_url.clone()),
             ("REDIS_URL".into(), self.redis.url()),
         ]);
         let mut service = self.service(name, ENTITLEMENTS, env, Ready::Grpc(port), port);
         service.metrics_port = metrics_port;
         service
+    }
+
+    /// Fulfillment in front of the entitlements serving gRPC on `entitlements_port`,
+    /// authenticating Dialogflow with `basic_auth` (`user:password`).
+    pub fn fulfillment(&self, name: &str, entitlements_port: u16, basic_auth: &str) -> Service {
+        let port = free_port();
+        let mut env = self.common_env();
+        env.extend([
+            ("FULFILLMENT_ADDR".into(), format!("127.0.0.1:{port}")),
+            ("FULFILLMENT_WORKERS".into(), "1".into()),
+            (
+                "FULFILLMENT_ENTITLEMENTS_URL".into(),
+                format!("http://127.0.0.1:{entitlements_port}"),
+            ),
+            (
+                "FULFILLMENT_ENTITLEMENTS_TOKEN".into(),
+                SERVICE_TOKEN.into(),
+            ),
+            ("FULFILLMENT_BASIC_AUTH".into(), basic_auth.into()),
+        ]);
+        self.service(
+            name,
+            FULFILLMENT,
+            env,
+            Ready::Http(format!("http://127.0.0.1:{port}/readyz")),
+            port,
+        )
     }
 
     fn service(
@@ -210,6 +263,20 @@ pub struct Service {
 }
 
 impl Service {
+    /// Sets (or replaces) one variable of its environment, for the next start.
+    pub fn set_env(&mut self, name: &str, value: impl Into<String>) {
+        let value = value.into();
+        match self.env.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value,
+            None => self.env.push((name.to_string(), value)),
+        }
+    }
+
+    /// Everything it wrote to stdout and stderr, across its starts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Starts the process and waits until it is ready.
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
