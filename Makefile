@@ -35,6 +35,7 @@ help:
 	@echo "make lint          rustfmt check and clippy -D warnings"
 	@echo "make validate-k8s  render and check k8s/ and deploy/ offline (part of make test)"
 	@echo "make audit         dependency audit: cargo-deny, npm audit, PyPI advisories (docs/security.md)"
+	@echo "make bench         every benchmark; writes docs/benchmarks.md and quotes it in the README"
 	@echo "make bench-ingest  ingest throughput against the raw broker publish-confirm rate"
 	@echo "make bench-billing events applied per second against a pgbench baseline"
 	@echo "make bench-entitlements  Check vs a bare tonic echo and a PostgreSQL query; revocation latency; credits/s"
@@ -65,18 +66,23 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-bench: bench-ingest bench-billing bench-entitlements
+# The release binaries the benchmarks start (not the system-tests copies of them).
+BENCH_BUILD = $(CARGO) build --release -p tollgate-bench -p tollgate-ingest -p tollgate-billing -p tollgate-entitlements --bins
+
+bench: services
+	$(BENCH_BUILD)
+	$(CARGO_TARGET_DIR)/release/tollgate-bench all $(BENCH_ARGS)
 
 bench-ingest: services
-	$(CARGO) build --release --workspace --bins
+	$(BENCH_BUILD)
 	$(CARGO_TARGET_DIR)/release/tollgate-bench ingest $(BENCH_ARGS)
 
 bench-billing: services
-	$(CARGO) build --release --workspace --bins
+	$(BENCH_BUILD)
 	$(CARGO_TARGET_DIR)/release/tollgate-bench billing $(BENCH_ARGS)
 
 bench-entitlements: services
-	$(CARGO) build --release --workspace --bins
+	$(BENCH_BUILD)
 	$(CARGO_TARGET_DIR)/release/tollgate-bench entitlements $(BENCH_ARGS)
 
 trigger:

@@ -564,9 +564,15 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
         .goal("ratio ≥ 0.80", check_ratio >= 0.8),
         Figure::new(
             "entitlements",
-            format!("Check p99 at half load ({} paced)", per_second(check_all.rate() / 2.0)),
+            format!(
+                "Check p99 at half load ({} paced)",
+                per_second(check_all.rate() / 2.0)
+            ),
         )
-        .measured(format!("{half_p99:.2} ms (p50 {:.2} ms)", half.percentile_ms(0.5)))
+        .measured(format!(
+            "{half_p99:.2} ms (p50 {:.2} ms)",
+            half.percentile_ms(0.5)
+        ))
         .goal("≤ 1 ms", half_p99 <= 1.0),
         Figure::new(
             "entitlements",
@@ -593,7 +599,10 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
             revocation.percentile_ms(0.5),
             revocation.latencies_us.len()
         ))
-        .goal("p99 ≤ 50 ms", revocation_p99 <= 50.0 && revocation.errors == 0),
+        .goal(
+            "p99 ≤ 50 ms",
+            revocation_p99 <= 50.0 && revocation.errors == 0,
+        ),
         Figure::new("entitlements", "ConsumeCredits, 64 callers on one balance")
             .measured(per_second(credits.rate()))
             .goal("≥ 5,000/s", credits.rate() >= 5000.0),
@@ -625,9 +634,17 @@ async fn check_handler_time(metrics_port: u16) -> anyhow::Result<(f64, f64)> {
 
 /// The committed credit batches' mean size and duration, from the service's metrics.
 async fn credit_batches(metrics_port: u16) -> anyhow::Result<String> {
-    let batches = metric(metrics_port, "tollgate_entitlements_credit_batch_size_count").await?;
+    let batches = metric(
+        metrics_port,
+        "tollgate_entitlements_credit_batch_size_count",
+    )
+    .await?;
     let size = metric(metrics_port, "tollgate_entitlements_credit_batch_size_sum").await?;
-    let seconds = metric(metrics_port, "tollgate_entitlements_credit_batch_seconds_sum").await?;
+    let seconds = metric(
+        metrics_port,
+        "tollgate_entitlements_credit_batch_seconds_sum",
+    )
+    .await?;
     Ok(format!(
         "; {batches:.0} transactions, {:.1} operations and {:.2} ms each on average",
         size / batches,

@@ -53,7 +53,9 @@ async fn all(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
     let (mut out, mut readme) = (root.join("docs/benchmarks.md"), root.join("README.md"));
     while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
         match flag.as_str() {
             "--out" => out = value.into(),
             "--readme" => readme = value.into(),
@@ -69,12 +71,13 @@ async fn all(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     figures.extend(entitlements::run(entitlements::Options::parse(std::iter::empty())?).await?);
     let database = tollgate_test_support::TestDatabase::create().await;
     let machine = report::Machine::describe(&database.url()).await;
-    std::fs::write(
-        &out,
-        report::document(&figures, &machine, "make bench"),
-    )?;
+    std::fs::write(&out, report::document(&figures, &machine, "make bench"))?;
     report::quote_in_readme(&readme, &report::table(&figures))?;
     println!("\n{}", report::table(&figures));
-    println!("written to {} and quoted in {}", out.display(), readme.display());
+    println!(
+        "written to {} and quoted in {}",
+        out.display(),
+        readme.display()
+    );
     Ok(())
 }

@@ -158,7 +158,9 @@ pub fn table(figures: &[Figure]) -> String {
         "| bench | figure | measured | in-run baseline | ratio | goal | |\n|---|---|---:|---:|---:|---|---|\n",
     );
     for f in figures {
-        let ratio = f.ratio.map_or_else(|| "–".to_string(), |r| format!("{r:.2}"));
+        let ratio = f
+            .ratio
+            .map_or_else(|| "–".to_string(), |r| format!("{r:.2}"));
         let verdict = if f.goal == "–" {
             ""
         } else if f.met {
@@ -212,12 +214,11 @@ pub fn quote_in_readme(readme: &Path, quote: &str) -> anyhow::Result<()> {
             readme.display()
         );
     };
-    anyhow::ensure!(begin < end, "the README's benchmark markers are out of order");
-    let updated = format!(
-        "{}{BEGIN}\n{quote}{}",
-        &text[..begin],
-        &text[end..]
+    anyhow::ensure!(
+        begin < end,
+        "the README's benchmark markers are out of order"
     );
+    let updated = format!("{}{BEGIN}\n{quote}{}", &text[..begin], &text[end..]);
     std::fs::write(readme, updated)?;
     Ok(())
 }
@@ -262,7 +263,11 @@ mod tests {
                 .goal("≤ 1 ms", false),
         ];
         let table = table(&figures);
-        assert!(table.contains("| ingest | webhooks/s | 9,000/s | 10,000/s | 0.90 | ≥ 0.85 | met |"));
-        assert!(table.contains("| entitlements | Check p99 | 2.9 ms | – | – | ≤ 1 ms | **not met** |"));
+        assert!(
+            table.contains("| ingest | webhooks/s | 9,000/s | 10,000/s | 0.90 | ≥ 0.85 | met |")
+        );
+        assert!(
+            table.contains("| entitlements | Check p99 | 2.9 ms | – | – | ≤ 1 ms | **not met** |")
+        );
     }
 }
