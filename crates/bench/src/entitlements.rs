@@ -204,9 +204,11 @@ where
     let call = Arc::new(call);
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
+    let pacer = rate.map(|rate| pace(rate, until));
     let mut workers = JoinSet::new();
     for worker in 0..concurrency {
         let call = call.clone();
+        let pacer = pacer.clone();
         workers.spawn(async move {
             let mut phase = Phase {
                 ok: 0,
@@ -214,17 +216,13 @@ where
                 elapsed: Duration::ZERO,
                 latencies_us: Vec::new(),
             };
-            let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
-            // Paced workers start staggered, so their calls do not arrive in bursts.
-            let mut next = started
-                + interval.map_or(Duration::ZERO, |i| {
-                    i.mul_f64(worker as f64 / concurrency as f64)
-                });
             let mut n = 0u64;
             while Instant::now() < until {
-                if let Some(interval) = interval {
-                    next += interval;
-                    tokio::time::sleep_until(next.into()).await;
+                if let Some(pacer) = &pacer {
+                    match pacer.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => break,
+                    }
                 }
                 let t = Instant::now();
                 if call(worker, n).await {
@@ -247,6 +245,29 @@ where
     let mut merged = Phase::merge(&phases);
     merged.elapsed = started.elapsed();
     merged
+}
+
+/// Releases `rate` calls per second until `until`, evenly. Tokio's timers tick in
+/// whole milliseconds, so workers sleeping on them would all fire together at each
+/// tick: bursts the load itself does not have. A thread of its own wakes every
+/// ~100 µs instead and hands out the calls that have come due since.
+fn pace(rate: f64, until: Instant) -> Arc<tokio::sync::Semaphore> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let released = permits.clone();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut handed_out = 0u64;
+        while Instant::now() < until {
+            let due = (started.elapsed().as_secs_f64() * rate) as u64;
+            if due > handed_out {
+                released.add_permits((due - handed_out) as usize);
+                handed_out = due;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        released.close();
+    });
+    permits
 }
 
 async fn check_phase(
@@ -429,6 +450,8 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
         1e6 * (handler_after.0 - handler_before.0) / (handler_after.1 - handler_before.1);
     // 2. Half load, paced.
     let half = check_phase(&ours, &options, Some(check_all.rate() / 2.0)).await;
+    // The echo server at the same paced rate: what the client and transport add.
+    let echo_half = check_phase(&baseline, &options, Some(check_all.rate() / 2.0)).await;
     echo.kill().await.ok();
 
     // 3. One PostgreSQL query per check.
@@ -514,6 +537,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
         ),
         &half,
     );
+    row("bare tonic echo at the same paced rate", &echo_half);
     row("one PostgreSQL query per check", &direct);
     row("ConsumeCredits, 64 callers, one balance", &credits);
     println!();
