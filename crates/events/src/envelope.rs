@@ -25,6 +25,8 @@ pub struct EventEnvelope {
 pub enum EnvelopeError {
     #[error("the body is not a JSON event: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the body is not UTF-8 text")]
+    NotUtf8,
     #[error("the event `{0}` is empty")]
     Empty(&'static str),
     #[error("the event `{0}` is longer than 255 bytes or has control characters")]
@@ -34,7 +36,11 @@ pub enum EnvelopeError {
 impl EventEnvelope {
     /// Parses the envelope fields and validates the whole body is JSON; `data` is skipped, not built.
     pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
-        Self::checked(serde_json::from_slice(body)?)
+        // serde_json skips the fields it does not read without checking their UTF-8,
+        // which billing's parse of the whole value does check: a body with a broken
+        // string anywhere would be published and then dead-lettered (found by fuzzing).
+        let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
+        Self::checked(serde_json::from_str(text)?)
     }
 
     /// The envelope of an event already parsed as JSON (for callers that need the
@@ -124,6 +130,12 @@ mod tests {
         assert!(matches!(
             EventEnvelope::parse(empty_id),
             Err(EnvelopeError::Empty("id"))
+        ));
+        // Invalid UTF-8 where the envelope does not look (fuzz/regressions/envelope/).
+        let broken = b"{\"id\":\"evt_1\",\"type\":\"a\",\"created\":1,\"livemode\":false,\"data\":{\"object\":{\"note\":\"\xff\"}}}";
+        assert!(matches!(
+            EventEnvelope::parse(broken),
+            Err(EnvelopeError::NotUtf8)
         ));
         let long_type = format!(
             r#"{{"id":"evt","type":"{}","created":1,"livemode":false}}"#,
