@@ -27,7 +27,7 @@ export FULFILLMENT_BILLING_API_URL ?= http://127.0.0.1:8082
 export FULFILLMENT_BILLING_API_TOKEN ?= local-development-token-only
 export LOG_FORMAT ?= text
 
-.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger validate-k8s audit
+.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger validate-k8s audit fuzz
 
 help:
 	@echo "make run           bring up PostgreSQL, RabbitMQ, Redis and run the stack in the foreground"
@@ -40,6 +40,7 @@ help:
 	@echo "make bench-billing events applied per second against a pgbench baseline"
 	@echo "make bench-entitlements  Check vs a bare tonic echo and a PostgreSQL query; revocation latency; credits/s"
 	@echo "make trigger EVENT=invoice.paid   send a signed sample event to the running ingest"
+	@echo "make fuzz          every fuzz target for FUZZ_SECONDS (60) each (FUZZ_TARGETS=signature ...; docs/fuzzing.md)"
 
 services:
 	@scripts/ensure-services.sh
@@ -84,6 +85,9 @@ bench-billing: services
 bench-entitlements: services
 	$(BENCH_BUILD)
 	$(CARGO_TARGET_DIR)/release/tollgate-bench entitlements $(BENCH_ARGS)
+
+fuzz:
+	@scripts/fuzz.sh $(FUZZ_TARGETS)
 
 trigger:
 	@$(CARGO) run --quiet --bin tollgate -- trigger $(or $(EVENT),invoice.paid)

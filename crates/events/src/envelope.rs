@@ -2,6 +2,7 @@
 //! type: parsing only this keeps ingest fast and indifferent to payload shapes.
 
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// AMQP short strings (message id, type) are at most 255 bytes.
 pub const MAX_ID_LEN: usize = 255;
@@ -40,8 +41,14 @@ pub enum EnvelopeError {
 }
 
 impl EventEnvelope {
-    /// Parses the envelope fields and validates the whole body is JSON; `data` is skipped, not built.
+    /// Parses the envelope fields and validates the whole body is JSON as billing
+    /// reads it; `data` is checked, not built.
     pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
+        // serde_json skips the fields a struct does not name without checking their
+        // strings' UTF-8, their numbers' range or their depth, all of which billing's
+        // parse into a `serde_json::Value` does check: such a body would be published,
+        // then dead-lettered (found by fuzzing, fuzz/regressions/envelope/).
+        serde_json::from_slice::<WellFormed>(body)?;
         Self::checked(serde_json::from_slice(body)?)
     }
 
@@ -64,6 +71,59 @@ fn json_error_kind(error: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Data => "a field is missing or of the wrong type",
         serde_json::error::Category::Eof => "the JSON ends early",
         serde_json::error::Category::Io => "the body could not be read",
+    }
+}
+
+/// A JSON value read to the end as `serde_json::Value` reads it (every string
+/// decoded, every number converted, nesting within serde_json's depth limit),
+/// without building it.
+struct WellFormed;
+
+impl<'de> Deserialize<'de> for WellFormed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WellFormed)
+    }
+}
+
+impl<'de> Visitor<'de> for WellFormed {
+    type Value = WellFormed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self, A::Error> {
+        while items.next_element::<WellFormed>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Self, A::Error> {
+        while entries.next_entry::<WellFormed, WellFormed>()?.is_some() {}
+        Ok(self)
     }
 }
 
@@ -157,6 +217,31 @@ mod tests {
             EventEnvelope::parse(empty_id),
             Err(EnvelopeError::Empty("id"))
         ));
+        // What billing could not read, where the envelope does not look
+        // (fuzz/regressions/envelope/).
+        let event = |data: &[u8]| {
+            let mut body =
+                br#"{"id":"evt_1","type":"a","created":1,"livemode":false,"data":"#.to_vec();
+            body.extend_from_slice(data);
+            body.push(b'}');
+            body
+        };
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for data in [
+            &b"{\"object\":{\"note\":\"\xff\"}}"[..],
+            br#"{"object":{"created":13.6E66543}}"#,
+            br#"{"object":{"\ud800":1}}"#,
+            deep.as_bytes(),
+        ] {
+            let body = event(data);
+            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
+            assert!(
+                matches!(EventEnvelope::parse(&body), Err(EnvelopeError::Json(_))),
+                "{}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        assert!(EventEnvelope::parse(&event(b"[1, -0.5e3, \"\\u00e9\", {}]")).is_ok());
         let long_type = format!(
             r#"{{"id":"evt","type":"{}","created":1,"livemode":false}}"#,
             "a".repeat(256)

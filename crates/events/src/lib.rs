@@ -7,4 +7,4 @@ pub mod signature;
 pub mod topology;
 
 pub use envelope::{EnvelopeError, EventEnvelope};
-pub use signature::{SignatureError, SigningSecret, WebhookSecrets};
+pub use signature::{SignatureError, SignatureHeader, SigningSecret, WebhookSecrets};

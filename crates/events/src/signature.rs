@@ -95,7 +95,7 @@ impl WebhookSecrets {
         now: i64,
         tolerance_secs: u64,
     ) -> Result<(), SignatureError> {
-        let parsed = ParsedHeader::parse(header)?;
+        let parsed = SignatureHeader::parse(header)?;
         let tolerance = i64::try_from(tolerance_secs).unwrap_or(i64::MAX);
         let age = now.saturating_sub(parsed.timestamp);
         if age > tolerance {
@@ -149,15 +149,20 @@ impl SignatureError {
     }
 }
 
-struct ParsedHeader<'a> {
+/// A parsed `Stripe-Signature` header: the timestamp and the `v1` signatures that
+/// `verify` checks; unknown schemes and undecodable `v1` values are already dropped.
+/// `Display` writes it back in Stripe's format, with the timestamp exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureHeader<'a> {
     timestamp: i64,
     /// The timestamp exactly as sent: it is what was signed.
     timestamp_raw: &'a str,
     v1: Vec<[u8; 32]>,
 }
 
-impl<'a> ParsedHeader<'a> {
-    fn parse(header: &'a str) -> Result<Self, SignatureError> {
+impl<'a> SignatureHeader<'a> {
+    /// Parses a header by the rules in the module documentation.
+    pub fn parse(header: &'a str) -> Result<Self, SignatureError> {
         if header.len() > MAX_HEADER_LEN {
             return Err(SignatureError::MalformedHeader);
         }
@@ -200,6 +205,31 @@ impl<'a> ParsedHeader<'a> {
             v1,
         })
     }
+
+    /// Unix seconds.
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+
+    /// The timestamp as sent (leading zeros kept): the signed payload starts with it.
+    pub fn signed_timestamp(&self) -> &'a str {
+        self.timestamp_raw
+    }
+
+    /// The decodable `v1` signatures, at most [`MAX_SIGNATURES`], in header order.
+    pub fn signatures(&self) -> &[[u8; 32]] {
+        &self.v1
+    }
+}
+
+impl std::fmt::Display for SignatureHeader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "t={}", self.timestamp_raw)?;
+        for signature in &self.v1 {
+            write!(f, ",v1={}", hex::encode(signature))?;
+        }
+        Ok(())
+    }
 }
 
 fn signed_payload_mac(secret: &SigningSecret, timestamp: &str, body: &[u8]) -> [u8; 32] {
@@ -218,7 +248,13 @@ pub fn compute_v1(secret: &SigningSecret, timestamp: i64, body: &[u8]) -> String
 /// A whole `Stripe-Signature` header value, as Stripe sends it (used by our local
 /// `tollgate trigger`, the tests and the benchmark).
 pub fn sign_header(secret: &SigningSecret, timestamp: i64, body: &[u8]) -> String {
-    format!("t={timestamp},v1={}", compute_v1(secret, timestamp, body))
+    let timestamp_raw = timestamp.to_string();
+    SignatureHeader {
+        timestamp,
+        timestamp_raw: &timestamp_raw,
+        v1: vec![signed_payload_mac(secret, &timestamp_raw, body)],
+    }
+    .to_string()
 }
 
 #[cfg(test)]
@@ -383,6 +419,46 @@ mod tests {
         assert_eq!(
             s.verify(&format!("t={NOW},v0=deadbeef,v1={sig}"), BODY, NOW, 300),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_parsed_header_renders_what_verify_checks() {
+        let sig = v1("whsec_a", NOW, BODY);
+        let header = format!(" t=000{NOW}, v0=ab ,v1=zz,v1={} ,x=1", sig.to_uppercase());
+        let parsed = SignatureHeader::parse(&header).unwrap();
+        assert_eq!(parsed.timestamp(), NOW);
+        assert_eq!(parsed.signed_timestamp(), format!("000{NOW}"));
+        let rendered = parsed.to_string();
+        // Unknown schemes and undecodable signatures are gone, the timestamp stays as sent.
+        assert_eq!(rendered, format!("t=000{NOW},v1={sig}"));
+        assert_eq!(SignatureHeader::parse(&rendered).unwrap(), parsed);
+        // "000<t>" is not what was signed for t: both forms fail alike.
+        let s = secrets("whsec_a");
+        assert_eq!(
+            s.verify(&header, BODY, NOW, 300),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            s.verify(&rendered, BODY, NOW, 300),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn at_most_eight_signatures_are_kept() {
+        let sig = v1("whsec_a", NOW, BODY);
+        let other = v1("whsec_b", NOW, BODY);
+        let header = format!(
+            "t={NOW}{},v1={sig}",
+            format!(",v1={other}").repeat(MAX_SIGNATURES)
+        );
+        let parsed = SignatureHeader::parse(&header).unwrap();
+        assert_eq!(parsed.signatures().len(), MAX_SIGNATURES);
+        assert_eq!(
+            secrets("whsec_a").verify(&header, BODY, NOW, 300),
+            Err(SignatureError::Mismatch),
+            "the ninth is not considered"
         );
     }
 

@@ -7,7 +7,7 @@ use super::subscriptions::PROVISIONAL_RANK;
 use crate::customers::{self, Source, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
-use crate::stripe::{self, CheckoutSession};
+use crate::stripe::CheckoutSession;
 
 /// Subscription mode: links the Stripe customer to our user and, if no snapshot of
 /// the subscription has arrived yet, activates it provisionally (the lowest
@@ -17,13 +17,12 @@ pub async fn completed(
     tx: &mut Tx,
     plans: &Plans,
     envelope: &EventEnvelope,
-    payload: &serde_json::Value,
+    session: &CheckoutSession,
     source: Source,
 ) -> Result<Applied, ProcessError> {
-    let session: CheckoutSession = stripe::object(payload)?;
     match session.mode.as_deref() {
         Some("subscription") => {}
-        Some("payment") => return super::credits::topup(tx, envelope, &session).await,
+        Some("payment") => return super::credits::topup(tx, envelope, session).await,
         _ => return Ok(Applied::Ignored),
     }
     let Some(stripe_customer) = session.customer.as_ref().map(|c| c.id().to_string()) else {

@@ -7,7 +7,7 @@ use tollgate_events::EventEnvelope;
 use crate::customers::{self, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
-use crate::stripe::{self, Charge, CheckoutSession};
+use crate::stripe::{Charge, CheckoutSession};
 
 /// Adds a ledger row unless its key exists, and moves the balance with it.
 /// Returns whether it was added.
@@ -132,9 +132,8 @@ pub async fn topup(
 pub async fn refund(
     tx: &mut Tx,
     envelope: &EventEnvelope,
-    payload: &serde_json::Value,
+    charge: &Charge,
 ) -> Result<Applied, ProcessError> {
-    let charge: Charge = stripe::object(payload)?;
     let payment_intent = charge.payment_intent.as_ref().map(|p| p.id().to_string());
     let stripe_customer = match charge.customer.as_ref() {
         Some(c) => Some(c.id().to_string()),
@@ -242,11 +241,10 @@ async fn claw_back(
 pub async fn checkout_payment(
     tx: &mut Tx,
     envelope: &EventEnvelope,
-    payload: &serde_json::Value,
+    session: &CheckoutSession,
 ) -> Result<Applied, ProcessError> {
-    let session: CheckoutSession = stripe::object(payload)?;
     if session.mode.as_deref() != Some("payment") {
         return Ok(Applied::Ignored);
     }
-    topup(tx, envelope, &session).await
+    topup(tx, envelope, session).await
 }

@@ -8,16 +8,15 @@ use super::lifecycle_rank;
 use crate::customers::{self, Source, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
-use crate::stripe::{self, Customer, EntitlementSummary};
+use crate::stripe::{Customer, EntitlementSummary};
 
 pub async fn customer(
     tx: &mut Tx,
     plans: &Plans,
     envelope: &EventEnvelope,
-    payload: &serde_json::Value,
+    customer: &Customer,
     source: Source,
 ) -> Result<Applied, ProcessError> {
-    let customer: Customer = stripe::object(payload)?;
     let customer_id = customers::lock_or_create(tx, &customer.id).await?;
     let user_id = customer
         .metadata
@@ -61,9 +60,8 @@ pub async fn customer(
 pub async fn entitlement_summary(
     tx: &mut Tx,
     envelope: &EventEnvelope,
-    payload: &serde_json::Value,
+    summary: EntitlementSummary,
 ) -> Result<Applied, ProcessError> {
-    let summary: EntitlementSummary = stripe::object(payload)?;
     let customer_id = customers::lock_or_create(tx, &summary.customer).await?;
     let mut keys: Vec<String> = summary
         .entitlements

@@ -9,7 +9,7 @@ use tollgate_plans::Plans;
 use crate::customers::{self, Source, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
-use crate::stripe::{self, Dispute};
+use crate::stripe::Dispute;
 
 fn rank(event_type: &str) -> i32 {
     match event_type {
@@ -23,10 +23,9 @@ pub async fn snapshot(
     tx: &mut Tx,
     plans: &Plans,
     envelope: &EventEnvelope,
-    payload: &serde_json::Value,
+    dispute: &Dispute,
     source: Source,
 ) -> Result<Applied, ProcessError> {
-    let dispute: Dispute = stripe::object(payload)?;
     let payment_intent = dispute.payment_intent.as_ref().map(|p| p.id());
     // A dispute names only the payment: find whose it was (an invoice — directly
     // before API 2025-03-31, through its invoice_payment after — or a top-up).

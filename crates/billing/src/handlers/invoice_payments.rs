@@ -7,14 +7,13 @@ use tollgate_events::EventEnvelope;
 use crate::customers::Tx;
 use crate::ledger::Applied;
 use crate::process::ProcessError;
-use crate::stripe::{self, InvoicePayment};
+use crate::stripe::InvoicePayment;
 
 pub async fn link(
     tx: &mut Tx,
     envelope: &EventEnvelope,
-    payload: &serde_json::Value,
+    payment: &InvoicePayment,
 ) -> Result<Applied, ProcessError> {
-    let payment: InvoicePayment = stripe::object(payload)?;
     let (payment_intent, charge) = match &payment.payment {
         Some(p) => (
             p.payment_intent.as_ref().map(|x| x.id()),

@@ -91,6 +91,20 @@ impl InvoiceRow {
     }
 }
 
+/// An invoice snapshot as the event carries it, with the row it decides.
+#[derive(Debug)]
+pub struct DecodedInvoice {
+    pub invoice: Invoice,
+    row: InvoiceRow,
+}
+
+/// The event's invoice and its row; an invoice that cannot make a row is poison.
+pub fn decode(payload: &serde_json::Value) -> Result<DecodedInvoice, ProcessError> {
+    let invoice: Invoice = stripe::object(payload)?;
+    let row = InvoiceRow::new(&invoice)?;
+    Ok(DecodedInvoice { invoice, row })
+}
+
 #[derive(sqlx::FromRow)]
 struct Stored {
     #[sqlx(flatten)]
@@ -104,11 +118,10 @@ pub async fn snapshot(
     plans: &Plans,
     refetch: Refetch<'_>,
     envelope: &EventEnvelope,
-    payload: &serde_json::Value,
+    decoded: DecodedInvoice,
     source: Source,
 ) -> Result<Handled, ProcessError> {
-    let invoice: Invoice = stripe::object(payload)?;
-    let row = InvoiceRow::new(&invoice)?;
+    let DecodedInvoice { invoice, row } = decoded;
     let customer_id = customers::lock_or_create(tx, invoice.customer.id()).await?;
     let key = SnapshotKey::of_event(envelope, snapshot_rank(&row.status, &envelope.event_type));
     // The stored key is read only when a tie could be settled by Stripe.

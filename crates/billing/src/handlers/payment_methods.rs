@@ -6,14 +6,14 @@ use super::lifecycle_rank;
 use crate::customers::{self, Tx};
 use crate::ledger::Applied;
 use crate::process::ProcessError;
-use crate::stripe::{self, PaymentMethod};
+use crate::stripe::PaymentMethod;
 
 pub async fn payment_method(
     tx: &mut Tx,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    method: &PaymentMethod,
 ) -> Result<Applied, ProcessError> {
-    let method: PaymentMethod = stripe::object(payload)?;
     let detached = envelope.event_type == "payment_method.detached";
     // A detached method no longer names its customer; the event's previous_attributes do.
     let customer = method

@@ -110,11 +110,11 @@ pub async fn snapshot(
     refetch: Refetch<'_>,
     envelope: &EventEnvelope,
     payload: &serde_json::Value,
+    subscription: &Subscription,
     source: Source,
 ) -> Result<Handled, ProcessError> {
-    let subscription: Subscription = stripe::object(payload)?;
     let customer_id = customers::lock_or_create(tx, subscription.customer.id()).await?;
-    let row = SubscriptionRow::new(&subscription, plans);
+    let row = SubscriptionRow::new(subscription, plans);
     // The plan-change history follows the event, whatever snapshot is stored.
     let event_tier = row.tier.clone();
     let key = SnapshotKey::of_event(
@@ -156,7 +156,7 @@ pub async fn snapshot(
     let stored = StoredSnapshot {
         envelope,
         payload,
-        subscription: &subscription,
+        subscription,
         customer_id,
         tier: &event_tier,
     };
