@@ -27,7 +27,7 @@ export FULFILLMENT_BILLING_API_URL ?= http://127.0.0.1:8082
 export FULFILLMENT_BILLING_API_TOKEN ?= local-development-token-only
 export LOG_FORMAT ?= text
 
-.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements trigger validate-k8s audit fuzz
+.PHONY: help services run test lint fmt build bench bench-ingest bench-billing bench-entitlements bench-system chaos trigger validate-k8s audit fuzz
 
 help:
 	@echo "make run           bring up PostgreSQL, RabbitMQ, Redis and run the stack in the foreground"
@@ -39,6 +39,8 @@ help:
 	@echo "make bench-ingest  ingest throughput against the raw broker publish-confirm rate"
 	@echo "make bench-billing events applied per second against a pgbench baseline"
 	@echo "make bench-entitlements  Check vs a bare tonic echo and a PostgreSQL query; revocation latency; credits/s"
+	@echo "make bench-system  the whole system under webhook + Check load: rate, freshness, Check p99, final state"
+	@echo "make chaos         bench-system with billing SIGKILLed and RabbitMQ, PostgreSQL, Redis restarted (STOPS THE REAL SERVICES)"
 	@echo "make trigger EVENT=invoice.paid   send a signed sample event to the running ingest"
 	@echo "make fuzz          every fuzz target for FUZZ_SECONDS (60) each (FUZZ_TARGETS=signature ...; docs/fuzzing.md)"
 
@@ -85,6 +87,16 @@ bench-billing: services
 bench-entitlements: services
 	$(BENCH_BUILD)
 	$(CARGO_TARGET_DIR)/release/tollgate-bench entitlements $(BENCH_ARGS)
+
+bench-system: services
+	$(BENCH_BUILD)
+	$(CARGO_TARGET_DIR)/release/tollgate-bench system $(BENCH_ARGS)
+
+# Stops and restarts this machine's PostgreSQL, RabbitMQ and Redis during the run
+# (never part of `make test`); scripts/chaos.sh restores them however the run ends.
+chaos: services
+	$(BENCH_BUILD)
+	@scripts/chaos.sh $(CHAOS_ARGS)
 
 fuzz:
 	@scripts/fuzz.sh $(FUZZ_TARGETS)

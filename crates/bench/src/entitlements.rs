@@ -27,8 +27,8 @@ use tonic::{Request, Response, Status};
 use crate::report::{Figure, per_second};
 use crate::stats::{Phase, median};
 
-const TOKEN: &str = "bench-service-token-0123456789";
-const WEBHOOK_SECRET: &str = "whsec_bench_only";
+pub(crate) const TOKEN: &str = "bench-service-token-0123456789";
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_bench_only";
 
 pub struct Options {
     concurrency: usize,
@@ -157,7 +157,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
     if !path.exists() {
         bail!(
@@ -185,7 +185,7 @@ async fn channels(port: u16, n: usize) -> anyhow::Result<Vec<EntitlementsClient<
     Ok(clients)
 }
 
-fn authed<T>(message: T) -> Request<T> {
+pub(crate) fn authed<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
         "authorization",

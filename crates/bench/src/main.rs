@@ -11,12 +11,18 @@
 //! `tollgate-bench entitlements`: Check against a bare tonic echo server and against
 //! a PostgreSQL query per call, revocation latency from webhook to denied Check,
 //! and credit consumptions per second.
+//!
+//! `tollgate-bench system`: the whole system (ingest, two billing replicas,
+//! entitlements) under a realistic webhook load and a Check load: webhook rate,
+//! webhook-to-entitlements freshness, Check latency, and the final state checked
+//! against the events sent; with `--faults`, outages injected during the load.
 
 mod billing;
 mod entitlements;
 mod ingest;
 mod report;
 mod stats;
+mod system;
 
 use anyhow::bail;
 
@@ -30,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map(drop),
         Some("all") => all(args).await,
+        Some("system") => system::run(system::Options::parse(args)?).await,
         // The baseline server `entitlements` starts in a process of its own.
         Some("entitlements-echo") => {
             let addr = args
@@ -42,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
             "usage: tollgate-bench ingest [--concurrency N] [--seconds S] [--rounds R] [--ingest-bin PATH]\n       \
              tollgate-bench billing [--events N] [--customers N] [--pgbench-clients N] [--pgbench-seconds S] [--billing-bin PATH]\n       \
              tollgate-bench entitlements [--concurrency N] [--channels N] [--seconds S] [--rounds R] [--customers N] [--revocations N] [--background-rate N]\n       \
-             tollgate-bench all [--out docs/benchmarks.md] [--readme README.md]"
+             tollgate-bench all [--out docs/benchmarks.md] [--readme README.md]\n       \
+             tollgate-bench system [--customers N] [--rate N] [--seconds S] [--check-rate N] [--faults none|proxy|real] [--fault-list billing,rabbitmq,postgres,redis] [--outage S] [--settle S]"
         ),
     }
 }
