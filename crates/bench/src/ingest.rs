@@ -274,12 +274,7 @@ async fn raw_phase(
             let mut body = template.to_vec();
             let ids = ids.clone();
             tokio::spawn(async move {
-                let mut phase = Phase {
-                    ok: 0,
-                    errors: 0,
-                    elapsed: Duration::ZERO,
-                    latencies_us: Vec::new(),
-                };
+                let mut phase = Phase::default();
                 while Instant::now() < deadline {
                     let n = ids.fetch_add(1, Ordering::Relaxed);
                     stamp_id(&mut body, digits_at, n);
@@ -344,7 +339,7 @@ async fn http_phase(
             let mut body = template.to_vec();
             let ids = ids.clone();
             tokio::spawn(async move {
-                let mut phase = Phase { ok: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+                let mut phase = Phase::default();
                 let mut stream = match TcpStream::connect(("127.0.0.1", port)).await {
                     Ok(s) => s,
                     Err(_) => return phase,

@@ -36,7 +36,18 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map(drop),
         Some("all") => all(args).await,
-        Some("system") => system::run(system::Options::parse(args)?).await,
+        Some("tcp-echo") => {
+            let addr = args
+                .next()
+                .unwrap_or_else(|| "127.0.0.1:50098".into())
+                .parse()?;
+            entitlements::serve_tcp_echo(addr).await
+        }
+        // One Check phase from a process of its own (entitlements pins it to a core).
+        Some("entitlements-load") => {
+            entitlements::load(entitlements::LoadOptions::parse(args)?).await
+        }
+        Some("system") => system::run(system::Options::parse(args)?).await.map(drop),
         // The baseline server `entitlements` starts in a process of its own.
         Some("entitlements-echo") => {
             let addr = args
@@ -77,6 +88,8 @@ async fn all(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     figures.extend(billing::run(billing::Options::parse(std::iter::empty())?).await?);
     println!("\n== entitlements ==");
     figures.extend(entitlements::run(entitlements::Options::parse(std::iter::empty())?).await?);
+    println!("\n== system ==");
+    figures.extend(system::run(system::Options::parse(std::iter::empty())?).await?);
     let database = tollgate_test_support::TestDatabase::create().await;
     let machine = report::Machine::describe(&database.url()).await;
     std::fs::write(&out, report::document(&figures, &machine, "make bench"))?;

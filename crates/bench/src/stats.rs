@@ -1,12 +1,15 @@
 use std::time::Duration;
 
 /// Throughput and latency of one timed phase.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Phase {
     pub ok: u64,
     pub errors: u64,
     pub elapsed: Duration,
     pub latencies_us: Vec<u32>,
+    /// For a paced phase: the longest the load generator's own timer thread was kept
+    /// from running (asked to sleep 100 µs). Calls due meanwhile go out together.
+    pub pacer_stall: Duration,
 }
 
 impl Phase {
@@ -33,6 +36,11 @@ impl Phase {
                 .iter()
                 .flat_map(|p| p.latencies_us.iter().copied())
                 .collect(),
+            pacer_stall: phases
+                .iter()
+                .map(|p| p.pacer_stall)
+                .max()
+                .unwrap_or_default(),
         }
     }
 }

@@ -34,6 +34,8 @@ use tollgate_plans::Plans;
 use tollgate_proto::entitlements::v1::entitlements_client::EntitlementsClient;
 use tollgate_test_support::workspace_root;
 
+use crate::report::{self, Figure, per_second};
+
 use events::{Names, Templates};
 use faults::{Fault, Mode, Window};
 use load::{Answer, Checked, SendPlan, Sent, Shared};
@@ -132,7 +134,7 @@ fn percentile_ms(values: &mut [u64], p: f64) -> f64 {
     values[((values.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     let plans = plans()?;
     let stores = stack::Stores::create(options.mode == Mode::Proxy).await?;
     let mut billing = [stores.billing(0)?, stores.billing(1)?];
@@ -392,8 +394,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .collect();
         println!("  never seen: {example}; committed: {}", history.join(", "));
     }
+    let mut error_codes: Vec<(String, usize)> = Vec::new();
+    for (_, code) in &errors {
+        let code = format!("{code:?}");
+        match error_codes.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => error_codes.push((code, 1)),
+        }
+    }
+    let errors_outside = errors.iter().filter(|(t, _)| steady(*t)).count();
     println!(
-        "check: {} answered ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms{}; all: p99 {:.2} ms, max {:.1} ms; {} errors; degraded {:?}",
+        "check: {} answered ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms{}; all: p99 {:.2} ms, max {:.1} ms; {} errors {error_codes:?} ({errors_outside} outside faults); degraded {:?}",
         answers.len(),
         answers.len() as f64 / load_seconds,
         percentile_ms(&mut check_steady, 0.5),
@@ -454,5 +465,52 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         bail!("{failures} violations");
     }
     let _ = std::fs::remove_dir_all(&stores.logs);
-    Ok(())
+
+    let during = if faulty { ", outside faults" } else { "" };
+    let rate = accepted.len() as f64 / load_seconds;
+    let load = format!(
+        "{} customers, {} events/s target, {:.0} checks/s{}",
+        report::thousands(u64::from(options.customers)),
+        options.rate,
+        options.check_rate,
+        if faulty {
+            format!(", {} faults", windows.len())
+        } else {
+            String::new()
+        }
+    );
+    Ok(vec![
+        Figure::new("system", format!("signed webhooks accepted ({load})"))
+            .measured(format!("{} distinct events", per_second(rate)))
+            .goal(
+                format!("≥ 95 % of {}", per_second(options.rate)),
+                rate >= 0.95 * options.rate,
+            ),
+        Figure::new(
+            "system",
+            format!("freshness: webhook POST to the change on entitlements' Watch{during}"),
+        )
+        .measured(format!(
+            "p99 {:.1} ms (p50 {:.1} ms, {} changes)",
+            percentile_ms(&mut fresh_steady, 0.99),
+            percentile_ms(&mut fresh_steady, 0.5),
+            fresh_steady.len()
+        )),
+        Figure::new("system", format!("Check during the webhook load{during}")).measured(format!(
+            "p99 {:.2} ms (p50 {:.2} ms, {} answers)",
+            percentile_ms(&mut check_steady, 0.99),
+            percentile_ms(&mut check_steady, 0.5),
+            check_steady.len()
+        )),
+        Figure::new(
+            "system",
+            "final state against the events alone; Checks against their policy",
+        )
+        .measured(format!(
+            "lost 0, doubled 0, wrong 0, policy violations 0 ({} events, {} checks)",
+            report::thousands(accepted.len() as u64),
+            report::thousands(answers.len() as u64)
+        ))
+        .goal("all 0", true),
+    ])
 }
