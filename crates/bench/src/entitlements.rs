@@ -390,7 +390,8 @@ impl LoadOptions {
 }
 
 /// `tollgate-bench entitlements-load --port P [--rate R] ...`: one Check phase from a
-/// process of its own (so it can be given a core of its own), printed as JSON.
+/// process of its own (so it can be given a core of its own): a summary on stderr,
+/// the phase as JSON on stdout.
 pub async fn load(options: LoadOptions) -> anyhow::Result<()> {
     let phase = if options.tcp {
         tcp_round_trips(options.port, &options.check, options.rate).await?
@@ -398,6 +399,15 @@ pub async fn load(options: LoadOptions) -> anyhow::Result<()> {
         let clients = channels(options.port, options.check.channels).await?;
         check_phase(&clients, &options.check, options.rate).await
     };
+    eprintln!(
+        "{:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} errors; timer stalled up to {:.1} ms",
+        phase.rate(),
+        phase.percentile_ms(0.5),
+        phase.percentile_ms(0.99),
+        phase.percentile_ms(0.999),
+        phase.errors,
+        phase.pacer_stall.as_secs_f64() * 1e3
+    );
     println!(
         "{}",
         json!({

@@ -61,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
              tollgate-bench billing [--events N] [--customers N] [--pgbench-clients N] [--pgbench-seconds S] [--billing-bin PATH]\n       \
              tollgate-bench entitlements [--concurrency N] [--channels N] [--seconds S] [--rounds R] [--customers N] [--revocations N] [--background-rate N]\n       \
              tollgate-bench all [--out docs/benchmarks.md] [--readme README.md]\n       \
+             tollgate-bench entitlements-echo ADDR | tcp-echo ADDR\n       \
+             tollgate-bench entitlements-load --port P [--tcp] [--rate R] [--concurrency N] [--channels N] [--seconds S] [--customers N]\n       \
              tollgate-bench system [--customers N] [--rate N] [--seconds S] [--check-rate N] [--faults none|proxy|real] [--fault-list billing,rabbitmq,postgres,redis] [--outage S] [--settle S]"
         ),
     }
