@@ -41,6 +41,10 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// `ENTITLEMENTS_MAX_WAIT_MS`, default 2000: longest an `at_least_version` call waits.
     pub max_wait: Duration,
+    /// `ENTITLEMENTS_STORE_TIMEOUT_MS`, default 500: longest a call waits to read a
+    /// customer from PostgreSQL before it answers degraded (each feature's
+    /// `when_unavailable`), so a caller hears the policy rather than its own deadline.
+    pub store_timeout: Duration,
     /// `ENTITLEMENTS_NEGATIVE_TTL_MS`, default 2000: how long "unknown subject" is remembered.
     pub negative_ttl: Duration,
     /// `ENTITLEMENTS_CACHE_MAX_AGE_SECS`, default 300: a cached customer is re-read
@@ -146,6 +150,7 @@ impl Config {
             jwt_audience: env.raw("ENTITLEMENTS_JWT_AUDIENCE"),
             cors_origins: env.list("ENTITLEMENTS_CORS_ORIGINS"),
             max_wait: millis(env, "ENTITLEMENTS_MAX_WAIT_MS", 2000)?,
+            store_timeout: millis(env, "ENTITLEMENTS_STORE_TIMEOUT_MS", 500)?,
             negative_ttl: millis(env, "ENTITLEMENTS_NEGATIVE_TTL_MS", 2000)?,
             cache_max_age: Duration::from_secs(env.or("ENTITLEMENTS_CACHE_MAX_AGE_SECS", 300)?),
             gap_timeout: millis(env, "ENTITLEMENTS_GAP_TIMEOUT_MS", 5000)?,
@@ -181,6 +186,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("cors_origins", &self.cors_origins)
             .field("max_wait", &self.max_wait)
+            .field("store_timeout", &self.store_timeout)
             .field("negative_ttl", &self.negative_ttl)
             .field("cache_max_age", &self.cache_max_age)
             .field("gap_timeout", &self.gap_timeout)
@@ -229,6 +235,7 @@ mod tests {
             ("ENTITLEMENTS_SERVICE_TOKENS", "short"),
             ("ENTITLEMENTS_JWT_HS256_SECRET", "too-short"),
             ("ENTITLEMENTS_MAX_WAIT_MS", "0"),
+            ("ENTITLEMENTS_STORE_TIMEOUT_MS", "0"),
         ] {
             match Config::from_env(&env(&[(name, value)])) {
                 Err(ConfigError::Invalid { name: got, .. }) => assert_eq!(got, name),

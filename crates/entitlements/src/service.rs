@@ -43,6 +43,7 @@ pub struct State {
     pub credits: Credits,
     pub auth: Auth,
     pub max_wait: Duration,
+    pub store_timeout: Duration,
     pub reservation_ttl: Duration,
     /// Becomes true at shutdown: open Watch streams end (clients resume).
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -227,8 +228,12 @@ impl State {
             metrics::counter!("tollgate_entitlements_cache_total", "result" => "bypass")
                 .increment(1);
         }
-        match store::customers_of(&self.pool, subject).await {
-            Ok(states) => {
+        // While PostgreSQL is away the pool keeps retrying for its acquire timeout;
+        // the caller is owed its feature's policy long before that.
+        match tokio::time::timeout(self.store_timeout, store::customers_of(&self.pool, subject))
+            .await
+        {
+            Ok(Ok(states)) => {
                 let held = self.cache.insert_loaded(subject, states);
                 if held.is_empty() {
                     Resolved::Unknown
@@ -236,8 +241,15 @@ impl State {
                     Resolved::Known(held)
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read customer state; answering degraded");
+                Resolved::Unavailable
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = self.store_timeout.as_millis() as u64,
+                    "customer state not read in time; answering degraded"
+                );
                 Resolved::Unavailable
             }
         }

@@ -129,6 +129,7 @@ impl Application {
             credits,
             auth: Auth::new(&config),
             max_wait: config.max_wait,
+            store_timeout: config.store_timeout,
             reservation_ttl: config.reservation_ttl,
             stopping: stop_rx.clone(),
         });

@@ -1,4 +1,4 @@
-//! A loopback TCP proxy that a test can cut and restore, to take a broker (or
+//! A loopback TCP proxy that a test can cut, stall and restore, to take a broker (or
 //! any server) away from one service without stopping it for every other test.
 
 use std::net::SocketAddr;
@@ -8,9 +8,19 @@ use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Open,
+    /// Connections dropped, new ones closed at once: a server that is down.
+    Cut,
+    /// Connections kept open with nothing passing, new ones accepted and never
+    /// answered: a server behind a network partition, or one that hangs.
+    Stalled,
+}
+
 pub struct TcpProxy {
     addr: SocketAddr,
-    open: Arc<watch::Sender<bool>>,
+    link: Arc<watch::Sender<Link>>,
 }
 
 impl TcpProxy {
@@ -20,33 +30,47 @@ impl TcpProxy {
             .await
             .expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let open = Arc::new(watch::Sender::new(true));
+        let link = Arc::new(watch::Sender::new(Link::Open));
         let target = target.to_string();
-        let state = open.clone();
+        let state = link.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     break;
                 };
-                if !*state.borrow() {
-                    // Cut: the client sees its connection refused/closed at once.
-                    drop(inbound);
-                    continue;
+                let mut changes = state.subscribe();
+                let link = *state.borrow();
+                match link {
+                    // The client sees its connection closed at once.
+                    Link::Cut => continue,
+                    Link::Stalled => {
+                        tokio::spawn(async move {
+                            let _held = inbound;
+                            let _ = changes
+                                .wait_for(|link| *link != Link::Stalled)
+                                .await
+                                .map(drop);
+                        });
+                        continue;
+                    }
+                    Link::Open => {}
                 }
                 let target = target.clone();
-                let mut cut = state.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.wait_for(|open| !*open) => {}
+                        _ = async { changes.wait_for(|link| *link != Link::Open).await.map(drop) } => {
+                            // Stalled: hold both ends, pass nothing, until cut or restored.
+                            let _ = changes.wait_for(|link| *link != Link::Stalled).await.map(drop);
+                        }
                     }
                 });
             }
         });
-        Self { addr, open }
+        Self { addr, link }
     }
 
     /// `host:port` to connect to instead of the target.
@@ -56,10 +80,16 @@ impl TcpProxy {
 
     /// Drops every live connection and refuses new ones until `restore`.
     pub fn cut(&self) {
-        self.open.send_replace(false);
+        self.link.send_replace(Link::Cut);
+    }
+
+    /// Passes nothing more, in either direction, on live or new connections, and
+    /// closes none of them, until `restore` (or `cut`).
+    pub fn stall(&self) {
+        self.link.send_replace(Link::Stalled);
     }
 
     pub fn restore(&self) {
-        self.open.send_replace(true);
+        self.link.send_replace(Link::Open);
     }
 }

@@ -366,3 +366,80 @@ async fn a_signed_payment_failed_webhook_through_ingest_and_billing_denies_acces
     ingest_task.await.unwrap().unwrap();
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_a_deadline_hears_the_policy_while_postgres_hangs() {
+    let mut app = spawn_app(Options::default()).await;
+    for user_id in ["u_unread_1", "u_unread_2"] {
+        app.seed(Seed {
+            user_id,
+            email: "unread@example.com",
+            status: "active",
+            tier: "pro",
+            features: &[],
+        })
+        .await;
+    }
+    // A replica whose PostgreSQL stops answering (a partition: connections stay open,
+    // nothing comes back); its feed stays live, so only the read of a customer it has
+    // never cached needs the database.
+    let pg = TcpProxy::start(&app.db.server_addr()).await;
+    let mut options = Options::default();
+    options
+        .extra_env
+        .push(("DATABASE_URL", app.db.url_via(&pg.addr())));
+    options
+        .extra_env
+        .push(("ENTITLEMENTS_STORE_TIMEOUT_MS", "200".into()));
+    let env = env_for(&app.db, &app.vhost, &app.redis, &options);
+    let replica = Application::build(Config::from_env(&env).unwrap())
+        .await
+        .unwrap();
+    assert!(replica.wait_ready(Duration::from_secs(20)).await);
+    let stopper = replica.stopper();
+    let addr = replica.addr();
+    let running = tokio::spawn(replica.run_until_stopped());
+    let client = EntitlementsClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    pg.stall();
+    // Left to the pool, the read would wait out its 2 s acquire timeout (or forever
+    // on a connection already handed out), past this caller's deadline.
+    let check = |subject: &'static str, feature: &'static str| {
+        let mut client = client.clone();
+        async move {
+            let mut request = service(pb::CheckRequest {
+                subject: subject.into(),
+                feature: feature.into(),
+                at_least_version: 0,
+            });
+            request.set_timeout(Duration::from_millis(1500));
+            client.check(request).await.map(|r| r.into_inner())
+        }
+    };
+    let closed = check("u_unread_1", "scripts.download")
+        .await
+        .expect("an answer, not the caller's deadline");
+    assert_eq!(
+        (closed.allowed, closed.degraded, reason(closed.reason)),
+        (false, true, Reason::StoreUnavailable)
+    );
+    let open = check("u_unread_2", "docs.read")
+        .await
+        .expect("an answer, not the caller's deadline");
+    assert_eq!((open.allowed, open.degraded), (true, true));
+    pg.restore();
+    eventually(
+        "read once PostgreSQL answers again",
+        Duration::from_secs(30),
+        || async {
+            check("u_unread_1", "scripts.download")
+                .await
+                .is_ok_and(|answer| answer.allowed && !answer.degraded)
+        },
+    )
+    .await;
+    stopper.stop();
+    running.await.unwrap().unwrap();
+    app.stop().await;
+}
