@@ -24,7 +24,7 @@ mod report;
 mod stats;
 mod system;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,25 +36,17 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map(drop),
         Some("all") => all(args).await,
-        Some("tcp-echo") => {
-            let addr = args
-                .next()
-                .unwrap_or_else(|| "127.0.0.1:50098".into())
-                .parse()?;
-            entitlements::serve_tcp_echo(addr).await
+        Some("system") => system::run(system::Options::parse(args)?).await.map(drop),
+        // The baselines `entitlements` starts, each in a process of its own.
+        Some("entitlements-echo") => {
+            entitlements::serve_echo(listen_addr(args, "127.0.0.1:50099")?).await
         }
-        // One Check phase from a process of its own (entitlements pins it to a core).
+        Some("tcp-echo") => {
+            entitlements::serve_tcp_echo(listen_addr(args, "127.0.0.1:50098")?).await
+        }
+        // One Check (or TCP) phase from a process of its own, to measure by hand.
         Some("entitlements-load") => {
             entitlements::load(entitlements::LoadOptions::parse(args)?).await
-        }
-        Some("system") => system::run(system::Options::parse(args)?).await.map(drop),
-        // The baseline server `entitlements` starts in a process of its own.
-        Some("entitlements-echo") => {
-            let addr = args
-                .next()
-                .unwrap_or_else(|| "127.0.0.1:50099".into())
-                .parse()?;
-            entitlements::serve_echo(addr).await
         }
         _ => bail!(
             "usage: tollgate-bench ingest [--concurrency N] [--seconds S] [--rounds R] [--ingest-bin PATH]\n       \
@@ -66,6 +58,16 @@ async fn main() -> anyhow::Result<()> {
              tollgate-bench system [--customers N] [--rate N] [--seconds S] [--check-rate N] [--faults none|proxy|real] [--fault-list billing,rabbitmq,postgres,redis] [--outage S] [--settle S]"
         ),
     }
+}
+
+/// The first argument, or `default`, as the address a baseline server listens on.
+fn listen_addr(
+    mut args: impl Iterator<Item = String>,
+    default: &str,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let addr = args.next().unwrap_or_else(|| default.into());
+    addr.parse()
+        .with_context(|| format!("{addr}: not an address to listen on (host:port)"))
 }
 
 /// Every benchmark with its defaults, one after the other; the figures go to

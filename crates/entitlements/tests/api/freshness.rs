@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tollgate_entitlements::{Application, Config};
 use tollgate_proto::entitlements::v1 as pb;
 use tollgate_proto::entitlements::v1::Reason;
 use tollgate_proto::entitlements::v1::entitlements_client::EntitlementsClient;
@@ -117,21 +116,10 @@ async fn a_replica_cut_off_from_the_broker_resyncs_instead_of_serving_stale_gran
         &std::env::var("RABBITMQ_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into()),
     )
     .await;
-    let mut options = Options::default();
-    options
-        .extra_env
-        .push(("AMQP_URL", app.vhost.amqp_url_via(&proxy.addr())));
-    let env = env_for(&app.db, &app.vhost, &app.redis, &options);
-    let replica = Application::build(Config::from_env(&env).unwrap())
-        .await
-        .unwrap();
-    assert!(replica.wait_ready(Duration::from_secs(20)).await);
-    let stopper = replica.stopper();
-    let addr = replica.addr();
-    let running = tokio::spawn(replica.run_until_stopped());
-    let mut client = EntitlementsClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let replica = app
+        .spawn_replica(vec![("AMQP_URL", app.vhost.amqp_url_via(&proxy.addr()))])
+        .await;
+    let mut client = replica.client.clone();
     let check = |mut client: EntitlementsClient<tonic::transport::Channel>| async move {
         client
             .check(service(pb::CheckRequest {
@@ -171,8 +159,7 @@ async fn a_replica_cut_off_from_the_broker_resyncs_instead_of_serving_stale_gran
         .unwrap()
         .into_inner();
     assert!(!health.degraded);
-    stopper.stop();
-    running.await.unwrap().unwrap();
+    replica.stop().await;
     app.stop().await;
 }
 
@@ -192,24 +179,13 @@ async fn with_postgres_and_the_broker_gone_answers_follow_each_feature_s_policy(
         &std::env::var("RABBITMQ_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into()),
     )
     .await;
-    let mut options = Options::default();
-    options
-        .extra_env
-        .push(("AMQP_URL", app.vhost.amqp_url_via(&amqp.addr())));
-    options
-        .extra_env
-        .push(("DATABASE_URL", app.db.url_via(&pg.addr())));
-    let env = env_for(&app.db, &app.vhost, &app.redis, &options);
-    let replica = Application::build(Config::from_env(&env).unwrap())
-        .await
-        .unwrap();
-    assert!(replica.wait_ready(Duration::from_secs(20)).await);
-    let stopper = replica.stopper();
-    let addr = replica.addr();
-    let running = tokio::spawn(replica.run_until_stopped());
-    let client = EntitlementsClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let replica = app
+        .spawn_replica(vec![
+            ("AMQP_URL", app.vhost.amqp_url_via(&amqp.addr())),
+            ("DATABASE_URL", app.db.url_via(&pg.addr())),
+        ])
+        .await;
+    let client = replica.client.clone();
     let check = |feature: &'static str| {
         let mut client = client.clone();
         async move {
@@ -245,8 +221,7 @@ async fn with_postgres_and_the_broker_gone_answers_follow_each_feature_s_policy(
         answer.allowed && !answer.degraded
     })
     .await;
-    stopper.stop();
-    running.await.unwrap().unwrap();
+    replica.stop().await;
     app.stop().await;
 }
 
@@ -384,24 +359,13 @@ async fn a_caller_with_a_deadline_hears_the_policy_while_postgres_hangs() {
     // nothing comes back); its feed stays live, so only the read of a customer it has
     // never cached needs the database.
     let pg = TcpProxy::start(&app.db.server_addr()).await;
-    let mut options = Options::default();
-    options
-        .extra_env
-        .push(("DATABASE_URL", app.db.url_via(&pg.addr())));
-    options
-        .extra_env
-        .push(("ENTITLEMENTS_STORE_TIMEOUT_MS", "200".into()));
-    let env = env_for(&app.db, &app.vhost, &app.redis, &options);
-    let replica = Application::build(Config::from_env(&env).unwrap())
-        .await
-        .unwrap();
-    assert!(replica.wait_ready(Duration::from_secs(20)).await);
-    let stopper = replica.stopper();
-    let addr = replica.addr();
-    let running = tokio::spawn(replica.run_until_stopped());
-    let client = EntitlementsClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let replica = app
+        .spawn_replica(vec![
+            ("DATABASE_URL", app.db.url_via(&pg.addr())),
+            ("ENTITLEMENTS_STORE_TIMEOUT_MS", "200".into()),
+        ])
+        .await;
+    let client = replica.client.clone();
     pg.stall();
     // Left to the pool, the read would wait out its 2 s acquire timeout (or forever
     // on a connection already handed out), past this caller's deadline.
@@ -439,7 +403,6 @@ async fn a_caller_with_a_deadline_hears_the_policy_while_postgres_hangs() {
         },
     )
     .await;
-    stopper.stop();
-    running.await.unwrap().unwrap();
+    replica.stop().await;
     app.stop().await;
 }

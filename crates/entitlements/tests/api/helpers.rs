@@ -256,6 +256,50 @@ impl TestApp {
     }
 }
 
+/// A second replica of entitlements on the same database, vhost and Redis prefix,
+/// with `extra_env` over the test's environment (a proxied `DATABASE_URL` or
+/// `AMQP_URL`, say), live and serving.
+pub struct Replica {
+    pub client: EntitlementsClient<Channel>,
+    stopper: Stopper,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn_replica(&self, extra_env: Vec<(&'static str, String)>) -> Replica {
+        let options = Options {
+            extra_env,
+            ..Options::default()
+        };
+        let env = env_for(&self.db, &self.vhost, &self.redis, &options);
+        let replica = Application::build(Config::from_env(&env).expect("config"))
+            .await
+            .expect("the replica starts");
+        assert!(
+            replica.wait_ready(Duration::from_secs(20)).await,
+            "replica live"
+        );
+        let stopper = replica.stopper();
+        let addr = replica.addr();
+        let running = tokio::spawn(replica.run_until_stopped());
+        let client = EntitlementsClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connects");
+        Replica {
+            client,
+            stopper,
+            running,
+        }
+    }
+}
+
+impl Replica {
+    pub async fn stop(self) {
+        self.stopper.stop();
+        self.running.await.unwrap().unwrap();
+    }
+}
+
 pub fn reason(r: i32) -> pb::Reason {
     pb::Reason::try_from(r).unwrap_or(pb::Reason::Unspecified)
 }
