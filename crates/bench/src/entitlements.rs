@@ -241,7 +241,7 @@ where
     let mut merged = Phase::merge(&phases);
     merged.elapsed = started.elapsed();
     if let Some(thread) = pacer_thread {
-        merged.pacer_stall = tokio::task::spawn_blocking(move || thread.join())
+        (merged.pacer_stall, merged.skipped) = tokio::task::spawn_blocking(move || thread.join())
             .await
             .expect("joining the pacer")
             .expect("pacer");
@@ -249,29 +249,43 @@ where
     merged
 }
 
+/// How far behind its schedule the pacer may fall and still send what came due.
+/// Beyond it, the calls due during the gap are skipped (and counted): sent all at
+/// once they would be a burst of up to every worker, far above the paced rate,
+/// and the phase would measure the burst rather than the service at that rate.
+const PACER_CATCH_UP: Duration = Duration::from_millis(1);
+
+/// A paced phase is that load only if it sent nearly every call it meant to.
+const MIN_SENT_SHARE: f64 = 0.99;
+
 /// Releases `rate` calls per second until `until`, evenly. Tokio's timers tick in
 /// whole milliseconds, so workers sleeping on them would all fire together at each
 /// tick: bursts the load itself does not have. A thread of its own wakes every
-/// ~100 µs instead and hands out the calls that have come due since; it answers the
-/// longest it was kept from running.
+/// ~100 µs instead and hands out the calls that have come due since. It answers the
+/// longest it was kept from running and how many calls it skipped meanwhile
+/// ([`PACER_CATCH_UP`]).
 fn pace(
     rate: f64,
     until: Instant,
 ) -> (
     Arc<tokio::sync::Semaphore>,
-    std::thread::JoinHandle<Duration>,
+    std::thread::JoinHandle<(Duration, u64)>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(0));
     let released = permits.clone();
+    let most_at_once = ((rate * PACER_CATCH_UP.as_secs_f64()).ceil() as u64).max(1);
     let pacer = std::thread::Builder::new()
         .name("pacer".into())
         .spawn(move || {
             let started = Instant::now();
-            let (mut handed_out, mut last, mut stall) = (0u64, Instant::now(), Duration::ZERO);
+            let (mut handed_out, mut skipped) = (0u64, 0u64);
+            let (mut last, mut stall) = (Instant::now(), Duration::ZERO);
             while Instant::now() < until {
                 let due = (started.elapsed().as_secs_f64() * rate) as u64;
                 if due > handed_out {
-                    released.add_permits((due - handed_out) as usize);
+                    let send = (due - handed_out).min(most_at_once);
+                    released.add_permits(send as usize);
+                    skipped += due - handed_out - send;
                     handed_out = due;
                 }
                 std::thread::sleep(Duration::from_micros(100));
@@ -279,7 +293,7 @@ fn pace(
                 last = Instant::now();
             }
             released.close();
-            stall
+            (stall, skipped)
         })
         .expect("spawning the pacer thread");
     (permits, pacer)
@@ -400,13 +414,14 @@ pub async fn load(options: LoadOptions) -> anyhow::Result<()> {
         check_phase(&clients, &options.check, options.rate).await
     };
     eprintln!(
-        "{:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} errors; timer stalled up to {:.1} ms",
+        "{:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} errors; timer stalled up to {:.1} ms, {} calls skipped meanwhile",
         phase.rate(),
         phase.percentile_ms(0.5),
         phase.percentile_ms(0.99),
         phase.percentile_ms(0.999),
         phase.errors,
-        phase.pacer_stall.as_secs_f64() * 1e3
+        phase.pacer_stall.as_secs_f64() * 1e3,
+        phase.skipped
     );
     println!(
         "{}",
@@ -414,6 +429,7 @@ pub async fn load(options: LoadOptions) -> anyhow::Result<()> {
             "ok": phase.ok,
             "errors": phase.errors,
             "elapsed_us": phase.elapsed.as_micros() as u64,
+            "skipped": phase.skipped,
             "latencies_us": phase.latencies_us,
         })
     );
@@ -674,8 +690,12 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
     let check_ratio = median(ratios);
     println!("Check / echo (median of rounds): {check_ratio:.2}  (goal >= 0.80)");
     println!(
-        "p99 at half load: {:.3} ms  (goal <= 1 ms); the load generator's timer thread was kept from running for up to {:.1} ms (echo phase: {:.1} ms, TCP phase: {:.1} ms)",
+        "p99 at half load: {:.3} ms  (goal <= 1 ms, with at least {:.0} % of the paced calls sent); sent {:.2} % (echo phase {:.2} %, TCP phase {:.2} %): the load generator's timer thread was kept from running for up to {:.1} ms (echo phase: {:.1} ms, TCP phase: {:.1} ms) and skipped the calls due meanwhile",
         half.percentile_ms(0.99),
+        MIN_SENT_SHARE * 100.0,
+        half.sent_share() * 100.0,
+        echo_half.sent_share() * 100.0,
+        tcp_half.sent_share() * 100.0,
         half.pacer_stall.as_secs_f64() * 1e3,
         echo_half.pacer_stall.as_secs_f64() * 1e3,
         tcp_half.pacer_stall.as_secs_f64() * 1e3
@@ -727,8 +747,9 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
             ),
         )
         .measured(format!(
-            "{half_p99:.2} ms (p50 {:.2} ms; the load generator's timer stalled up to {:.1} ms)",
+            "{half_p99:.2} ms (p50 {:.2} ms; {:.2} % of the paced calls sent, the rest skipped while the load generator's timer stalled, up to {:.1} ms)",
             half.percentile_ms(0.5),
+            half.sent_share() * 100.0,
             half.pacer_stall.as_secs_f64() * 1e3
         ))
         .baseline(
@@ -740,7 +761,10 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
             // Above 1 when ours has the shorter tail.
             echo_half.percentile_ms(0.99) / half_p99,
         )
-        .goal("≤ 1 ms", half_p99 <= 1.0),
+        .goal(
+            "≤ 1 ms, ≥ 99 % sent",
+            half_p99 <= 1.0 && half.sent_share() >= MIN_SENT_SHARE,
+        ),
         Figure::new(
             "entitlements",
             "answering a Check (in the service, at full load) vs one PostgreSQL query",

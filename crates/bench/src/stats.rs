@@ -8,11 +8,23 @@ pub struct Phase {
     pub elapsed: Duration,
     pub latencies_us: Vec<u32>,
     /// For a paced phase: the longest the load generator's own timer thread was kept
-    /// from running (asked to sleep 100 µs). Calls due meanwhile go out together.
+    /// from running (asked to sleep 100 µs).
     pub pacer_stall: Duration,
+    /// For a paced phase: calls that came due while the load generator's own timer
+    /// thread was not running and were skipped rather than sent in one burst.
+    pub skipped: u64,
 }
 
 impl Phase {
+    /// Of the calls a paced phase meant to send, the share it sent.
+    pub fn sent_share(&self) -> f64 {
+        let meant = self.ok + self.errors + self.skipped;
+        if meant == 0 {
+            return 1.0;
+        }
+        (self.ok + self.errors) as f64 / meant as f64
+    }
+
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -41,6 +53,7 @@ impl Phase {
                 .map(|p| p.pacer_stall)
                 .max()
                 .unwrap_or_default(),
+            skipped: phases.iter().map(|p| p.skipped).sum(),
         }
     }
 }
