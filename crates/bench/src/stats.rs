@@ -8,7 +8,7 @@ pub struct Phase {
     pub elapsed: Duration,
     pub latencies_us: Vec<u32>,
     /// For a paced phase: the longest the load generator's own timer thread was kept
-    /// from running (asked to sleep 100 µs).
+    /// from running (asked to sleep `PACER_TICK`).
     pub pacer_stall: Duration,
     /// For a paced phase: calls that came due while the load generator's own timer
     /// thread was not running and were skipped rather than sent in one burst.
