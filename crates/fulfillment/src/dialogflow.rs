@@ -168,7 +168,6 @@ impl std::fmt::Debug for UserRef {
 }
 
 /// One conversational turn, whichever edition sent it.
-#[derive(Debug)]
 pub struct Turn {
     pub flavor: Flavor,
     /// The full session name (`projects/.../sessions/<id>`).
@@ -187,6 +186,24 @@ pub struct Turn {
     pub source: String,
     /// ES: the active contexts other than ours, as received.
     pub contexts: Vec<Value>,
+}
+
+// Parameters and contexts hold what the user typed (an email, say): a Debug print
+// names the parameters and counts the contexts, never shows their values.
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("flavor", &self.flavor)
+            .field("session", &self.session)
+            .field("response_id", &self.response_id)
+            .field("names", &self.names)
+            .field("user", &self.user)
+            .field("parameters", &self.parameters.keys().collect::<Vec<_>>())
+            .field("language_code", &self.language_code)
+            .field("source", &self.source)
+            .field("contexts", &self.contexts.len())
+            .finish()
+    }
 }
 
 impl Turn {
@@ -611,6 +628,20 @@ mod tests {
         .unwrap();
         assert_eq!(from_context.user, Some(UserRef::UserId("u_ctx".into())));
         assert!(!format!("{:?}", UserRef::Email("secret@example.com".into())).contains("secret"));
+    }
+
+    #[test]
+    fn a_debug_print_of_a_turn_names_parameters_without_their_values() {
+        let turn = parse_value(json!({
+            "session": "projects/p/agent/sessions/s42",
+            "queryResult": {"parameters": {"email": "typed@example.com"}, "outputContexts": [
+                {"name": "projects/p/agent/sessions/s42/contexts/other", "parameters": {"note": "private@example.com"}}]}
+        }))
+        .unwrap();
+        let printed = format!("{turn:?}");
+        assert!(printed.contains("\"email\""), "{printed}");
+        assert!(printed.contains("s42"), "{printed}");
+        assert!(!printed.contains("@example.com"), "{printed}");
     }
 
     #[test]
