@@ -48,7 +48,8 @@ pub struct Config {
     /// `ENTITLEMENTS_NEGATIVE_TTL_MS`, default 2000: how long "unknown subject" is remembered.
     pub negative_ttl: Duration,
     /// `ENTITLEMENTS_CACHE_MAX_AGE_SECS`, default 300: a cached customer is re-read
-    /// from PostgreSQL after this long, even though the feed keeps it current.
+    /// from PostgreSQL after at most this long (each after 80–100 % of it, so they do
+    /// not all expire together), even though the feed keeps it current.
     pub cache_max_age: Duration,
     /// `ENTITLEMENTS_GAP_TIMEOUT_MS`, default 5000: a version missing from the feed
     /// and absent from PostgreSQL this long is taken as rolled back.
