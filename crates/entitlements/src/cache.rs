@@ -140,9 +140,7 @@ impl Cache {
                 let mut found = Vec::with_capacity(ids.len());
                 for id in ids.iter() {
                     match self.customers.get(id) {
-                        Some(cached) if cached.loaded_at.elapsed() < self.max_age_of(id) => {
-                            found.push(cached)
-                        }
+                        Some(cached) if Instant::now() < cached.stale_at => found.push(cached),
                         _ => return Lookup::Miss,
                     }
                 }
@@ -154,7 +152,7 @@ impl Cache {
     /// How long `id`'s state is served before it is re-read: `max_age` less up to a
     /// fifth of it, fixed per customer and process. Customers loaded together (a
     /// replica warming up) would otherwise all expire together, and every Check in
-    /// that moment would wait on PostgreSQL.
+    /// that moment would wait on PostgreSQL. Worked out once, when a state is cached.
     fn max_age_of(&self, id: &Uuid) -> Duration {
         let spread_ms = (self.max_age.as_millis() / 5).max(1) as u64;
         self.max_age - Duration::from_millis(self.customers.hasher.hash_one(id) % spread_ms)
@@ -209,6 +207,7 @@ impl Cache {
 
     /// Applies a change from the feed (or the outbox).
     pub fn apply(&self, change: &ChangeMessage) -> Applied {
+        let stale_at = Instant::now() + self.max_age_of(&change.customer_id);
         let outcome = self
             .customers
             .update(change.customer_id, |held| match held {
@@ -218,14 +217,14 @@ impl Cache {
                 Some(held) => (
                     Some(Arc::new(Cached {
                         state: change.to_state(Some(&held.state)),
-                        loaded_at: held.loaded_at,
+                        stale_at: held.stale_at,
                     })),
                     Applied::Updated,
                 ),
                 None => (
                     Some(Arc::new(Cached {
                         state: change.to_state(None),
-                        loaded_at: Instant::now(),
+                        stale_at,
                     })),
                     Applied::Inserted,
                 ),
@@ -249,6 +248,7 @@ impl Cache {
     /// Keeps the newer of the held and the given state.
     fn store(&self, state: CustomerState, fresh_load: bool) -> Arc<Cached> {
         let id = state.customer_id;
+        let stale_at = Instant::now() + self.max_age_of(&id);
         self.customers.update(id, move |held| match held {
             Some(held) if held.state.customer_version > state.customer_version => {
                 (None, held.clone())
@@ -257,10 +257,7 @@ impl Cache {
                 (None, held.clone())
             }
             _ => {
-                let cached = Arc::new(Cached {
-                    state,
-                    loaded_at: Instant::now(),
-                });
+                let cached = Arc::new(Cached { state, stale_at });
                 (Some(cached.clone()), cached)
             }
         })
@@ -366,6 +363,16 @@ mod tests {
         assert!(spread > Duration::from_secs(10), "all within {spread:?}");
         let id = Uuid::new_v4();
         assert_eq!(cache.max_age_of(&id), cache.max_age_of(&id));
+    }
+
+    #[test]
+    fn a_cached_customer_is_read_again_once_its_max_age_has_passed() {
+        let cache = Cache::new(Duration::from_secs(2), Duration::from_millis(100));
+        let subject = Subject::UserId("u7".into());
+        cache.insert_loaded(&subject, vec![state(1, "active")]);
+        assert_eq!(status(&cache, &subject), "active");
+        std::thread::sleep(Duration::from_millis(110));
+        assert_eq!(status(&cache, &subject), "miss");
     }
 
     #[test]

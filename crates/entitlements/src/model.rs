@@ -89,11 +89,12 @@ impl CustomerState {
     }
 }
 
-/// A cached state with when it was read from PostgreSQL.
+/// A cached state with when it is to be read from PostgreSQL again.
 #[derive(Debug, Clone)]
 pub struct Cached {
     pub state: CustomerState,
-    pub loaded_at: Instant,
+    /// Set once, when the state was first cached (see `Cache::max_age_of`).
+    pub stale_at: Instant,
 }
 
 /// The body billing's outbox relay publishes (and the outbox row's payload).

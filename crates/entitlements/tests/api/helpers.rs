@@ -113,21 +113,7 @@ pub async fn spawn_app(options: Options) -> TestApp {
         publisher.wait_ready(Duration::from_secs(10)).await,
         "broker reachable"
     );
-    let config = Config::from_env(&env_for(&db, &vhost, &redis, &options)).expect("config");
-    let app = Application::build(config)
-        .await
-        .expect("entitlements starts");
-    assert!(
-        app.wait_ready(Duration::from_secs(20)).await,
-        "change feed live"
-    );
-    let addr = app.addr();
-    let metrics_addr = app.metrics_addr();
-    let stopper = app.stopper();
-    let task = tokio::spawn(app.run_until_stopped());
-    let client = EntitlementsClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connects");
+    let served = serve(&env_for(&db, &vhost, &redis, &options)).await;
     let (relay_stop, relay_rx) = watch::channel(false);
     let relay = options.relay.then(|| {
         tokio::spawn(tollgate_billing::outbox::relay(
@@ -141,12 +127,12 @@ pub async fn spawn_app(options: Options) -> TestApp {
         vhost,
         redis,
         pool,
-        addr,
-        metrics_addr,
-        client,
+        addr: served.addr,
+        metrics_addr: served.metrics_addr,
+        client: served.client,
         _publisher: publisher,
-        stopper,
-        task: Some(task),
+        stopper: served.stopper,
+        task: Some(served.running),
         relay_stop,
         relay,
     }
@@ -256,40 +242,50 @@ impl TestApp {
     }
 }
 
-/// A second replica of entitlements on the same database, vhost and Redis prefix,
-/// with `extra_env` over the test's environment (a proxied `DATABASE_URL` or
-/// `AMQP_URL`, say), live and serving.
+/// One running entitlements service (the test's own, or a second replica), live and
+/// serving, with a client connected to it.
 pub struct Replica {
+    pub addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
     pub client: EntitlementsClient<Channel>,
     stopper: Stopper,
     running: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+async fn serve(env: &Env) -> Replica {
+    let app = Application::build(Config::from_env(env).expect("config"))
+        .await
+        .expect("entitlements starts");
+    assert!(
+        app.wait_ready(Duration::from_secs(20)).await,
+        "change feed live"
+    );
+    let addr = app.addr();
+    let metrics_addr = app.metrics_addr();
+    let stopper = app.stopper();
+    let running = tokio::spawn(app.run_until_stopped());
+    let client = EntitlementsClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connects");
+    Replica {
+        addr,
+        metrics_addr,
+        client,
+        stopper,
+        running,
+    }
+}
+
 impl TestApp {
+    /// A second replica on the same database, vhost and Redis prefix, with
+    /// `extra_env` over the test's environment (a proxied `DATABASE_URL` or
+    /// `AMQP_URL`, say).
     pub async fn spawn_replica(&self, extra_env: Vec<(&'static str, String)>) -> Replica {
         let options = Options {
             extra_env,
             ..Options::default()
         };
-        let env = env_for(&self.db, &self.vhost, &self.redis, &options);
-        let replica = Application::build(Config::from_env(&env).expect("config"))
-            .await
-            .expect("the replica starts");
-        assert!(
-            replica.wait_ready(Duration::from_secs(20)).await,
-            "replica live"
-        );
-        let stopper = replica.stopper();
-        let addr = replica.addr();
-        let running = tokio::spawn(replica.run_until_stopped());
-        let client = EntitlementsClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connects");
-        Replica {
-            client,
-            stopper,
-            running,
-        }
+        serve(&env_for(&self.db, &self.vhost, &self.redis, &options)).await
     }
 }
 
