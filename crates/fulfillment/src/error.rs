@@ -5,6 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
+use tollgate_runtime::BodyError;
 
 use crate::dialogflow::ParseError;
 
@@ -18,6 +19,15 @@ pub enum WebhookError {
     Body(String),
     #[error(transparent)]
     Parse(#[from] ParseError),
+}
+
+impl From<BodyError> for WebhookError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit } => Self::TooLarge { limit },
+            BodyError::Read(why) => Self::Body(why),
+        }
+    }
 }
 
 impl WebhookError {

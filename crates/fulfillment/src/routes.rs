@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use serde_json::json;
+use tollgate_runtime::read_limited;
 use tracing::Instrument;
 
 use crate::answers::Responder;
@@ -85,7 +85,12 @@ async fn handle(
             basic: state.auth.offers_basic(),
         });
     }
-    let body = read_body(request, payload).await?;
+    let declared_length = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    // Refused over `MAX_BODY_BYTES` without buffering it.
+    let body = read_limited(declared_length, payload, MAX_BODY_BYTES).await?;
     let turn = dialogflow::parse(&body)?;
     span.record("flavor", turn.flavor.as_str());
     span.record("session_id", turn.session_id());
@@ -113,33 +118,6 @@ async fn handle(
         reply.outcome.as_str(),
         HttpResponse::Ok().json(body),
     ))
-}
-
-/// Reads the raw body, refusing more than `MAX_BODY_BYTES` without buffering it.
-async fn read_body(
-    request: &HttpRequest,
-    mut payload: web::Payload,
-) -> Result<web::Bytes, WebhookError> {
-    let too_large = WebhookError::TooLarge {
-        limit: MAX_BODY_BYTES,
-    };
-    let declared = request
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return Err(too_large);
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4 * 1024));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| WebhookError::Body(e.to_string()))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 /// Liveness: the process is serving requests.

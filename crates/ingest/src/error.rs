@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 use tollgate_broker::PublishError;
 use tollgate_events::{EnvelopeError, SignatureError};
+use tollgate_runtime::BodyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -22,6 +23,15 @@ pub enum WebhookError {
     LivemodeMismatch { event: bool, configured: bool },
     #[error("event not stored: {0}")]
     Unavailable(#[from] PublishError),
+}
+
+impl From<BodyError> for WebhookError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit } => Self::TooLarge { limit },
+            BodyError::Read(why) => Self::Body(why),
+        }
+    }
 }
 
 impl WebhookError {

@@ -5,13 +5,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use metrics::{Counter, Histogram};
 use tollgate_broker::Publisher;
 use tollgate_broker::lapin::BasicProperties;
 use tollgate_broker::lapin::types::{AMQPValue, FieldTable, LongString};
 use tollgate_events::topology::{self, headers};
 use tollgate_events::{EventEnvelope, WebhookSecrets};
+use tollgate_runtime::read_limited;
 use tracing::Instrument;
 
 use crate::config::MAX_BODY_BYTES;
@@ -93,7 +93,12 @@ async fn handle(
     state: &IngestState,
     span: &tracing::Span,
 ) -> Result<HttpResponse, WebhookError> {
-    let body = read_body(request, payload).await?;
+    let declared_length = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    // Refused over `MAX_BODY_BYTES` without buffering it.
+    let body = read_limited(declared_length, payload, MAX_BODY_BYTES).await?;
 
     // Authenticate before parsing anything the sender controls.
     let header = request
@@ -142,33 +147,6 @@ async fn handle(
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(RECEIVED_BODY))
-}
-
-/// Reads the raw body, refusing more than `MAX_BODY_BYTES` without buffering it.
-async fn read_body(
-    request: &HttpRequest,
-    mut payload: web::Payload,
-) -> Result<web::Bytes, WebhookError> {
-    let too_large = WebhookError::TooLarge {
-        limit: MAX_BODY_BYTES,
-    };
-    let declared = request
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return Err(too_large);
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| WebhookError::Body(e.to_string()))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 fn message_properties(envelope: &EventEnvelope, now: i64, traceparent: String) -> BasicProperties {
