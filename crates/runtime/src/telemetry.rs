@@ -1,6 +1,7 @@
 //! Logs, traces and metrics, set up once per process.
 //!
-//! - Logs: JSON lines by default (production); `LOG_FORMAT=text` for people.
+//! - Logs: JSON lines by default (production); `LOG_FORMAT=text` for people,
+//!   coloured only on a terminal (and never with `NO_COLOR` set).
 //!   Filter from `RUST_LOG`, defaulting to info for our crates and warn for
 //!   dependencies.
 //! - Traces: spans always carry W3C trace ids; `crate::propagation` carries them
@@ -11,6 +12,7 @@
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - Metrics: a Prometheus recorder; each service serves `render()` on `/metrics`.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -76,13 +78,22 @@ pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
                     .with_span_list(false),
             )
             .try_init(),
-        "text" | "pretty" => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        "text" | "pretty" => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(colour_wanted()))
+            .try_init(),
         other => return Err(TelemetryError::LogFormat(other.to_string())),
     };
     installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
     opentelemetry::global::set_tracer_provider(provider.clone());
     metrics_handle();
     Ok(Telemetry { provider })
+}
+
+/// Colour codes only for a person at a terminal: in a file, a pipe or a container's
+/// log (`make run > stack.log`, `kubectl logs`) they are noise; `NO_COLOR` turns
+/// them off anywhere (no-color.org).
+fn colour_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider, TelemetryError> {

@@ -660,6 +660,11 @@ fn assert_captured(run: &Run, format: &str) {
                     "{service} logged JSON in text mode"
                 );
                 assert!(log.contains("DEBUG"), "{service} logged nothing at DEBUG");
+                // Its stdout is a pipe here, as in a container: no colour codes.
+                assert!(
+                    !log.contains('\x1b'),
+                    "{service} wrote terminal colour codes into a pipe"
+                );
             }
         }
     }
