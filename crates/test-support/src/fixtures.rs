@@ -112,3 +112,32 @@ pub fn invoice_object(
     }
     object
 }
+
+/// Serves `tests/fixtures/jwt/jwks.json` (the public half of `rs256-test-key.pem`)
+/// over plain HTTP on a loopback port until the test's runtime ends; answers its URL,
+/// for a service's `*_JWKS_URL`.
+pub async fn serve_test_jwks() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port");
+    let addr = listener.local_addr().expect("bound");
+    let path = crate::workspace_root().join("tests/fixtures/jwt/jwks.json");
+    let body = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 2048];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+            });
+        }
+    });
+    format!("http://{addr}/.well-known/jwks.json")
+}

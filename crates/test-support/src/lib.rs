@@ -13,7 +13,7 @@ pub mod smtp;
 pub mod stripe_stand_in;
 
 pub use fixtures::{
-    fresh_event, invoice_object, signed_headers, stripe_fixture, stripe_object,
+    fresh_event, invoice_object, serve_test_jwks, signed_headers, stripe_fixture, stripe_object,
     subscription_object, unix_now,
 };
 pub use postgres::TestDatabase;

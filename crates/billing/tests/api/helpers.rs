@@ -4,7 +4,6 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate_billing::startup::Stopper;
 use tollgate_billing::{Application, Config, process};
 use tollgate_plans::Plans;
@@ -65,29 +64,6 @@ pub fn fixture(relative: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// Serves the test JWKS over plain HTTP on a loopback port, until the test ends.
-async fn serve_jwks() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let body = fixture("jwt/jwks.json");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut request = [0u8; 2048];
-                let _ = socket.read(&mut request).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = socket.write_all(head.as_bytes()).await;
-                let _ = socket.write_all(&body).await;
-            });
-        }
-    });
-    format!("http://{addr}/.well-known/jwks.json")
-}
-
 pub async fn spawn_api(options: Options) -> TestApi {
     let db = TestDatabase::create().await;
     let vhost = TestVhost::create();
@@ -117,7 +93,10 @@ pub async fn spawn_api(options: Options) -> TestApi {
         ("BILLING_API_RATE_LIMIT", options.rate_limit.to_string()),
     ];
     if options.jwks {
-        env.push(("BILLING_API_JWKS_URL", serve_jwks().await));
+        env.push((
+            "BILLING_API_JWKS_URL",
+            tollgate_test_support::serve_test_jwks().await,
+        ));
     }
     let app = Application::build(Config::from_env(&Env::from_pairs(env)).unwrap())
         .await

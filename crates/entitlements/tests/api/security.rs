@@ -3,7 +3,6 @@
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate_proto::entitlements::v1 as pb;
 use tonic::{Code, Request};
 
@@ -28,32 +27,9 @@ fn check_request(subject: &str) -> pb::CheckRequest {
     }
 }
 
-/// Serves the test JWKS over plain HTTP on a loopback port, until the test ends.
-async fn serve_jwks() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let body = fixture("jwt/jwks.json");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut request = [0u8; 2048];
-                let _ = socket.read(&mut request).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = socket.write_all(head.as_bytes()).await;
-                let _ = socket.write_all(&body).await;
-            });
-        }
-    });
-    format!("http://{addr}/.well-known/jwks.json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_is_authenticated_and_users_only_ask_about_themselves() {
-    let jwks = serve_jwks().await;
+    let jwks = tollgate_test_support::serve_test_jwks().await;
     let mut app = spawn_app(Options {
         extra_env: vec![("ENTITLEMENTS_JWKS_URL", jwks)],
         ..Options::default()
