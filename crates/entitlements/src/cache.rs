@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -158,6 +159,30 @@ impl Cache {
         self.max_age - Duration::from_millis(self.customers.hasher.hash_one(id) % spread_ms)
     }
 
+    /// A state to hold until `stale_at`, read again in the background when a Check
+    /// finds it in the last tenth of the max age before then.
+    fn cached(&self, state: CustomerState, stale_at: Instant) -> Arc<Cached> {
+        Arc::new(Cached {
+            state,
+            stale_at,
+            refresh_at: stale_at - self.max_age / 10,
+            refreshing: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the caller should read `found` from PostgreSQL again, in the
+    /// background, while answering from it: true once, for the first Check that finds
+    /// one of them in its refresh window. A customer that is asked about keeps being
+    /// answered from memory instead of waiting on PostgreSQL when its max age passes;
+    /// one nobody asks about expires as before. A failed read is not retried here:
+    /// the state then expires and is read on the request path, as without this.
+    pub fn claim_refresh(&self, found: &[Arc<Cached>]) -> bool {
+        let now = Instant::now();
+        found
+            .iter()
+            .any(|c| now >= c.refresh_at && !c.refreshing.swap(true, Ordering::AcqRel))
+    }
+
     /// The held state of one customer.
     pub fn customer(&self, id: &Uuid) -> Option<Arc<Cached>> {
         self.customers.get(id)
@@ -215,17 +240,11 @@ impl Cache {
                     (None, Applied::Stale)
                 }
                 Some(held) => (
-                    Some(Arc::new(Cached {
-                        state: change.to_state(Some(&held.state)),
-                        stale_at: held.stale_at,
-                    })),
+                    Some(self.cached(change.to_state(Some(&held.state)), held.stale_at)),
                     Applied::Updated,
                 ),
                 None => (
-                    Some(Arc::new(Cached {
-                        state: change.to_state(None),
-                        stale_at,
-                    })),
+                    Some(self.cached(change.to_state(None), stale_at)),
                     Applied::Inserted,
                 ),
             });
@@ -257,7 +276,7 @@ impl Cache {
                 (None, held.clone())
             }
             _ => {
-                let cached = Arc::new(Cached { state, stale_at });
+                let cached = self.cached(state, stale_at);
                 (Some(cached.clone()), cached)
             }
         })
@@ -373,6 +392,23 @@ mod tests {
         assert_eq!(status(&cache, &subject), "active");
         std::thread::sleep(Duration::from_millis(110));
         assert_eq!(status(&cache, &subject), "miss");
+    }
+
+    #[test]
+    fn a_customer_found_in_the_last_tenth_of_its_max_age_is_claimed_for_one_background_read() {
+        let cache = Cache::new(Duration::from_secs(2), Duration::from_millis(300));
+        let subject = Subject::UserId("u8".into());
+        let held = cache.insert_loaded(&subject, vec![state(1, "active")]);
+        let window = held[0].stale_at - held[0].refresh_at;
+        assert_eq!(window, Duration::from_millis(30));
+        assert!(!cache.claim_refresh(&held), "claimed before its window");
+        std::thread::sleep(held[0].refresh_at.saturating_duration_since(Instant::now()));
+        assert!(cache.claim_refresh(&held), "not claimed in its window");
+        assert!(!cache.claim_refresh(&held), "claimed twice");
+        // What the background read brings is a new state with a new life.
+        let reread = cache.insert_loaded(&subject, vec![state(1, "active")]);
+        assert!(reread[0].stale_at > held[0].stale_at);
+        assert!(!cache.claim_refresh(&reread));
     }
 
     #[test]

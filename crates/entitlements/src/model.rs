@@ -1,5 +1,6 @@
 //! What entitlements knows about a customer, and how subjects are named.
 
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -90,11 +91,16 @@ impl CustomerState {
 }
 
 /// A cached state with when it is to be read from PostgreSQL again.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Cached {
     pub state: CustomerState,
     /// Set once, when the state was first cached (see `Cache::max_age_of`).
     pub stale_at: Instant,
+    /// From here until `stale_at`, a Check that finds this state also has it read
+    /// again in the background (see `Cache::claim_refresh`).
+    pub refresh_at: Instant,
+    /// A background read of it has been started (at most one).
+    pub(crate) refreshing: AtomicBool,
 }
 
 /// The body billing's outbox relay publishes (and the outbox row's payload).

@@ -212,6 +212,9 @@ impl State {
                 Lookup::Hit(found) => {
                     metrics::counter!("tollgate_entitlements_cache_total", "result" => "hit")
                         .increment(1);
+                    if self.cache.claim_refresh(&found) {
+                        self.refresh_in_background(subject.clone());
+                    }
                     return Resolved::Known(found);
                 }
                 Lookup::Unknown => {
@@ -253,6 +256,29 @@ impl State {
                 Resolved::Unavailable
             }
         }
+    }
+
+    /// Reads `subject`'s customers again off the request path (`Cache::claim_refresh`);
+    /// what it finds replaces the held state unless the feed has brought a newer one.
+    fn refresh_in_background(&self, subject: Subject) {
+        let (pool, cache, timeout) = (self.pool.clone(), self.cache.clone(), self.store_timeout);
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(timeout, store::customers_of(&pool, &subject))
+                .await
+            {
+                Ok(Ok(states)) => {
+                    cache.insert_loaded(&subject, states);
+                    "ok"
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "background re-read failed; the state expires as usual");
+                    "error"
+                }
+                Err(_) => "timeout",
+            };
+            metrics::counter!("tollgate_entitlements_cache_refreshes_total", "outcome" => outcome)
+                .increment(1);
+        });
     }
 
     async fn view(&self, subject: &Subject) -> View {

@@ -406,3 +406,49 @@ async fn a_caller_with_a_deadline_hears_the_policy_while_postgres_hangs() {
     replica.stop().await;
     app.stop().await;
 }
+
+/// A customer that keeps being asked about is read again in the background in the last
+/// tenth of its max age, so its Checks go on being answered from memory. A row edited
+/// behind the feed's back (no outbox entry) shows how: only a re-read can see it. No
+/// other test in this binary sets a max age short enough to re-read anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_asked_about_often_is_read_again_in_the_background_before_it_expires() {
+    let mut app = spawn_app(Options {
+        extra_env: vec![("ENTITLEMENTS_CACHE_MAX_AGE_SECS", "1".into())],
+        ..Options::default()
+    })
+    .await;
+    let customer = app
+        .seed(Seed {
+            user_id: "u_reread",
+            email: "reread@example.com",
+            status: "active",
+            tier: "pro",
+            features: &[],
+        })
+        .await;
+    assert_eq!(app.check("u_reread", "docs.read").await.tier, "pro");
+    sqlx::query("UPDATE customers SET tier = 'free' WHERE id = $1")
+        .bind(customer)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let refreshed = r#"tollgate_entitlements_cache_refreshes_total{outcome="ok"}"#;
+    // Checks every 20 ms: each life of about a second has a 100 ms window to land in.
+    eventually(
+        "a Check in the refresh window has the customer read again",
+        Duration::from_secs(15),
+        || async {
+            app.check("u_reread", "docs.read").await;
+            metric(app.metrics_addr, refreshed).await >= 1.0
+        },
+    )
+    .await;
+    eventually(
+        "the re-read state answers",
+        Duration::from_secs(5),
+        || async { app.check("u_reread", "docs.read").await.tier == "free" },
+    )
+    .await;
+    app.stop().await;
+}

@@ -315,3 +315,17 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// The value of one sample on `GET /metrics` (`name{labels}` exactly as rendered),
+/// 0 when absent. The recorder is shared by every test in this binary.
+pub async fn metric(metrics_addr: std::net::SocketAddr, sample: &str) -> f64 {
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
