@@ -91,8 +91,16 @@ enum SubjectEntry {
 
 /// What the cache holds for a subject.
 pub enum Lookup {
-    /// The subject's customers (usually one).
-    Hit(Vec<Arc<Cached>>),
+    /// The subject's customers (usually one). `reread`: one of them is in the last
+    /// tenth of its max age and nobody is reading it again yet; the caller should read
+    /// the subject again in the background while answering from these. True for one
+    /// lookup only, so a customer who keeps being asked about is answered from memory
+    /// instead of waiting on PostgreSQL when its max age passes; one nobody asks about
+    /// expires as before, and so does one whose background read failed.
+    Hit {
+        found: Vec<Arc<Cached>>,
+        reread: bool,
+    },
     /// Recently looked up and not a customer.
     Unknown,
     Miss,
@@ -138,14 +146,21 @@ impl Cache {
                 }
             }
             Some(SubjectEntry::Known(ids)) => {
-                let mut found = Vec::with_capacity(ids.len());
+                let now = Instant::now();
+                let reread_from = now + self.max_age / 10;
+                let (mut found, mut reread) = (Vec::with_capacity(ids.len()), false);
                 for id in ids.iter() {
                     match self.customers.get(id) {
-                        Some(cached) if Instant::now() < cached.stale_at => found.push(cached),
+                        Some(cached) if now < cached.stale_at => {
+                            // Claims every due customer of the subject: one read covers them.
+                            reread |= reread_from >= cached.stale_at
+                                && !cached.rereading.swap(true, Ordering::AcqRel);
+                            found.push(cached);
+                        }
                         _ => return Lookup::Miss,
                     }
                 }
-                Lookup::Hit(found)
+                Lookup::Hit { found, reread }
             }
         }
     }
@@ -159,28 +174,12 @@ impl Cache {
         self.max_age - Duration::from_millis(self.customers.hasher.hash_one(id) % spread_ms)
     }
 
-    /// A state to hold until `stale_at`, read again in the background when a Check
-    /// finds it in the last tenth of the max age before then.
     fn cached(&self, state: CustomerState, stale_at: Instant) -> Arc<Cached> {
         Arc::new(Cached {
             state,
             stale_at,
-            refresh_at: stale_at - self.max_age / 10,
-            refreshing: AtomicBool::new(false),
+            rereading: AtomicBool::new(false),
         })
-    }
-
-    /// Whether the caller should read `found` from PostgreSQL again, in the
-    /// background, while answering from it: true once, for the first Check that finds
-    /// one of them in its refresh window. A customer that is asked about keeps being
-    /// answered from memory instead of waiting on PostgreSQL when its max age passes;
-    /// one nobody asks about expires as before. A failed read is not retried here:
-    /// the state then expires and is read on the request path, as without this.
-    pub fn claim_refresh(&self, found: &[Arc<Cached>]) -> bool {
-        let now = Instant::now();
-        found
-            .iter()
-            .any(|c| now >= c.refresh_at && !c.refreshing.swap(true, Ordering::AcqRel))
     }
 
     /// The held state of one customer.
@@ -342,7 +341,7 @@ mod tests {
 
     fn status(cache: &Cache, subject: &Subject) -> String {
         match cache.lookup(subject) {
-            Lookup::Hit(found) => found[0].state.access_status.clone(),
+            Lookup::Hit { found, .. } => found[0].state.access_status.clone(),
             Lookup::Unknown => "unknown".into(),
             Lookup::Miss => "miss".into(),
         }
@@ -395,20 +394,24 @@ mod tests {
     }
 
     #[test]
-    fn a_customer_found_in_the_last_tenth_of_its_max_age_is_claimed_for_one_background_read() {
-        let cache = Cache::new(Duration::from_secs(2), Duration::from_millis(300));
+    fn a_customer_found_in_the_last_tenth_of_its_max_age_is_read_again_once() {
+        let cache = Cache::new(Duration::from_secs(2), Duration::from_secs(2));
         let subject = Subject::UserId("u8".into());
+        let reread = |cache: &Cache| match cache.lookup(&subject) {
+            Lookup::Hit { reread, .. } => reread,
+            _ => panic!("not a hit"),
+        };
         let held = cache.insert_loaded(&subject, vec![state(1, "active")]);
-        let window = held[0].stale_at - held[0].refresh_at;
-        assert_eq!(window, Duration::from_millis(30));
-        assert!(!cache.claim_refresh(&held), "claimed before its window");
-        std::thread::sleep(held[0].refresh_at.saturating_duration_since(Instant::now()));
-        assert!(cache.claim_refresh(&held), "not claimed in its window");
-        assert!(!cache.claim_refresh(&held), "claimed twice");
+        assert!(!reread(&cache), "re-read before its last tenth");
+        // 50 ms into its last 200 ms: a lookup finds it due, once.
+        let due = held[0].stale_at - Duration::from_millis(150);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        assert!(reread(&cache), "not re-read in its last tenth");
+        assert!(!reread(&cache), "re-read twice");
         // What the background read brings is a new state with a new life.
-        let reread = cache.insert_loaded(&subject, vec![state(1, "active")]);
-        assert!(reread[0].stale_at > held[0].stale_at);
-        assert!(!cache.claim_refresh(&reread));
+        let fresh = cache.insert_loaded(&subject, vec![state(1, "active")]);
+        assert!(fresh[0].stale_at > held[0].stale_at);
+        assert!(!reread(&cache), "the new state is due at once");
     }
 
     #[test]

@@ -96,11 +96,9 @@ pub struct Cached {
     pub state: CustomerState,
     /// Set once, when the state was first cached (see `Cache::max_age_of`).
     pub stale_at: Instant,
-    /// From here until `stale_at`, a Check that finds this state also has it read
-    /// again in the background (see `Cache::claim_refresh`).
-    pub refresh_at: Instant,
-    /// A background read of it has been started (at most one).
-    pub(crate) refreshing: AtomicBool,
+    /// A Check found it in its last tenth before `stale_at` and had it read again in
+    /// the background (at most once; see `Cache::lookup`).
+    pub(crate) rereading: AtomicBool,
 }
 
 /// The body billing's outbox relay publishes (and the outbox row's payload).

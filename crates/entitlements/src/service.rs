@@ -209,11 +209,11 @@ impl State {
         // A cache that cannot be confirmed fresh is bypassed, never trusted.
         if self.feed.is_fresh() {
             match self.cache.lookup(subject) {
-                Lookup::Hit(found) => {
+                Lookup::Hit { found, reread } => {
                     metrics::counter!("tollgate_entitlements_cache_total", "result" => "hit")
                         .increment(1);
-                    if self.cache.claim_refresh(&found) {
-                        self.refresh_in_background(subject.clone());
+                    if reread {
+                        self.reread_in_background(subject.clone());
                     }
                     return Resolved::Known(found);
                 }
@@ -258,9 +258,9 @@ impl State {
         }
     }
 
-    /// Reads `subject`'s customers again off the request path (`Cache::claim_refresh`);
+    /// Reads `subject`'s customers again off the request path (`Lookup::Hit::reread`);
     /// what it finds replaces the held state unless the feed has brought a newer one.
-    fn refresh_in_background(&self, subject: Subject) {
+    fn reread_in_background(&self, subject: Subject) {
         let (pool, cache, timeout) = (self.pool.clone(), self.cache.clone(), self.store_timeout);
         tokio::spawn(async move {
             let outcome = match tokio::time::timeout(timeout, store::customers_of(&pool, &subject))
