@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::report::{Figure, per_second};
-use crate::stats::{Phase, median};
+use crate::stats::{Phase, WakeLateness, median, wake_lateness};
 
 pub(crate) const TOKEN: &str = "bench-service-token-0123456789";
 pub(crate) const WEBHOOK_SECRET: &str = "whsec_bench_only";
@@ -584,6 +584,12 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    // 0. The machine's own floor, while every process is idle: how late a sleeping
+    // thread wakes. Every paced call here waits on such wakes (the pacer's, the
+    // servers' and the client's threads).
+    let floor = machine_floor().await;
+    println!("machine floor: {floor}");
+
     // 1. Check beside the echo baseline, alternating.
     let handler_before = check_handler_time(metrics_port).await?;
     let (mut echo_phases, mut check_phases, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -781,7 +787,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
         ))
         .baseline(
             format!(
-                "{:.2} ms bare tonic echo at the same rate (each round: {echo_half_rounds} ms; {:.2} ms plain TCP round trips)",
+                "{:.2} ms bare tonic echo at the same rate (each round: {echo_half_rounds} ms; {:.2} ms plain TCP round trips); machine idle: {floor}",
                 echo_half.percentile_ms(0.99),
                 tcp_half.percentile_ms(0.99)
             ),
@@ -825,6 +831,13 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Figure>> {
             .measured(per_second(credits.rate()))
             .goal("≥ 5,000/s", credits.rate() >= 5000.0),
     ])
+}
+
+/// [`wake_lateness`] of 500 µs sleeps (the pacer's tick) for 5 s.
+pub(crate) async fn machine_floor() -> WakeLateness {
+    tokio::task::spawn_blocking(|| wake_lateness(PACER_TICK, Duration::from_secs(5)))
+        .await
+        .expect("the wake-lateness probe")
 }
 
 /// One sample of the service's Prometheus text (`name` with its labels, exactly as
