@@ -21,13 +21,11 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 const MAX_BATCH: usize = 256;
-/// Batches in flight at once (per replica).
-const COMMITTERS: usize = 2;
 
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -112,10 +110,7 @@ impl Credits {
     /// Starts the committing task and the expiry sweeper.
     pub fn start(pool: PgPool, stop: watch::Receiver<bool>) -> Self {
         let (jobs, rx) = mpsc::channel(8192);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..COMMITTERS {
-            tokio::spawn(commit_loop(pool.clone(), rx.clone()));
-        }
+        tokio::spawn(commit_loop(pool.clone(), rx));
         let credits = Self { jobs };
         tokio::spawn(sweep_expired(pool, credits.clone(), stop));
         credits
@@ -131,13 +126,14 @@ impl Credits {
     }
 }
 
-async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+/// One committer per replica: a batch is what arrived while the previous one was
+/// committing. With two, the idle one took whatever had trickled in the moment it
+/// was free and then queued behind the other's balance lock: batches of 16 instead
+/// of 30, and 4,820–6,036 spends/s instead of 7,661–8,919 (64 callers, one balance).
+async fn commit_loop(pool: PgPool, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
-        // One committer takes what is waiting while the other is inside its
-        // transaction (usually queued behind the same balance lock), so a batch is
-        // ready the moment the previous one commits.
-        if rx.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+        if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
         // Spends and holds are concurrent calls, so either order is a valid one;

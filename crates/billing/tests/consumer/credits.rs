@@ -111,6 +111,63 @@ async fn a_topup_adds_credits_once_and_refunds_claw_them_back_in_proportion() {
     }
 }
 
+/// The ledger's customer is checked once per statement (not by a per-row foreign
+/// key): a statement that names a customer that does not exist is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_refuses_a_customer_that_does_not_exist() {
+    let billing = spawn_billing(Options::default()).await;
+    let known: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO customers (user_id, email, stripe_customer_id) VALUES ('user_ledger', 'ledger@example.com', 'cus_ledger')
+         RETURNING id",
+    )
+    .fetch_one(&billing.pool)
+    .await
+    .unwrap();
+    let unknown = uuid::Uuid::new_v4();
+    let code = |e: sqlx::Error| {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.to_string())
+    };
+
+    // One known and one unknown customer in one statement: neither row is written.
+    let mixed = sqlx::query(
+        "INSERT INTO credit_ledger (customer_id, delta, reason, idempotency_key)
+         SELECT * FROM UNNEST($1::uuid[], ARRAY[5, 5]::bigint[], ARRAY['admin_adjustment', 'admin_adjustment'], ARRAY['k1', 'k2'])",
+    )
+    .bind(vec![known, unknown])
+    .execute(&billing.pool)
+    .await
+    .map_err(code);
+    assert_eq!(mixed.err(), Some(Some("23503".to_string())));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_ledger")
+        .fetch_one(&billing.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "a refused statement wrote nothing");
+
+    sqlx::query(
+        "INSERT INTO credit_ledger (customer_id, delta, reason, idempotency_key) VALUES ($1, 5, 'admin_adjustment', 'k1')",
+    )
+    .bind(known)
+    .execute(&billing.pool)
+    .await
+    .expect("a known customer's row is written");
+    let moved =
+        sqlx::query("UPDATE credit_ledger SET customer_id = $1 WHERE idempotency_key = 'k1'")
+            .bind(unknown)
+            .execute(&billing.pool)
+            .await
+            .map_err(code);
+    assert_eq!(moved.err(), Some(Some("23503".to_string())));
+    let owner: uuid::Uuid =
+        sqlx::query_scalar("SELECT customer_id FROM credit_ledger WHERE idempotency_key = 'k1'")
+            .fetch_one(&billing.pool)
+            .await
+            .unwrap();
+    assert_eq!(owner, known);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_refund_claws_back_its_share() {
     let mut billing = spawn_billing(Options::default()).await;
